@@ -1,0 +1,200 @@
+"""The small base class every SAE variant shares.
+
+An SAE maps an activation x [d_in] to a sparse code f [d_sae] and back:
+
+    pre  = (x - b_dec) @ W_enc + b_enc            (Bricken et al. 2023, eq. 1; Gao et al. 2024, eq. 1)
+    f    = activation(pre)                         (ReLU, TopK, JumpReLU, ... : the only thing variants change)
+    x̂    = f @ W_dec + b_dec                       (W_dec rows are the feature directions d_i)
+
+Subtracting ``b_dec`` before encoding ("apply_b_dec_to_input" in SAELens) centres the data on the
+decoder bias, so the encoder sees the same centred input that the decoder reconstructs.
+
+A subclass overrides ``activation`` (and ``loss_terms`` for its sparsity penalty). Everything else
+here -- input checks, the forward pass, the unit-norm decoder constraint, folding an activation
+scale into the weights, dead-latent bookkeeping -- is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SAEOutput:
+    """What ``sae(x)`` returns.
+
+    x_hat:   reconstruction, same shape as x            [..., d_in]
+    latents: sparse code                                  [..., d_sae]
+    loss:    scalar training loss (sum of ``losses``)
+    losses:  named, already-weighted loss terms, e.g. {"mse": ..., "l1": ...}
+    """
+
+    x_hat: Tensor
+    latents: Tensor
+    loss: Tensor
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
+    """Validate a batch of activations and return it; raise ``ValueError`` saying what to fix."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [..., {d_in}], got {type(x).__name__}. "
+                        f"Convert with torch.as_tensor({name}, dtype=torch.float32).")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} has dtype {x.dtype}, but activations must be floating point. "
+                         f"Did you pass token ids instead of activations? If not, use {name}.float().")
+    if x.ndim == 0 or x.shape[-1] != d_in:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, but this SAE expects [..., d_in={d_in}] "
+                         f"(the last dimension must be d_in). Check the hook/layer the activations came from.")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): there are no activations to encode.")
+    if not torch.isfinite(x).all():
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN/inf values. Drop those rows (e.g. "
+                         f"{name}[torch.isfinite({name}).all(-1)]) or fix the upstream computation.")
+    return x
+
+
+class BaseSAE(nn.Module):
+    """Parameters and plumbing shared by every variant.
+
+    Args:
+        d_in:  width of the activations (e.g. 768 for GPT-2 small's residual stream).
+        d_sae: number of latents (dictionary size); d_sae / d_in is the overcomplete factor.
+        seed:  seeds the weight initialisation, so two SAEs built with the same seed are identical.
+
+    Initialisation follows Gao et al. (2024, sec. 2.4): decoder rows are random unit vectors and the
+    encoder starts as the decoder's transpose, which makes early training stable and avoids most
+    dead latents. ``b_enc`` and ``b_dec`` start at zero (the trainer sets ``b_dec`` from the data).
+    """
+
+    architecture: str = "base"           # the SAELens architecture name used when saving
+    unit_norm_decoder: bool = True       # keep ||W_dec[i]|| = 1 (trainer projects gradients + renormalises)
+    # Parameters in the units of x (biases, thresholds): folding an activation scale divides these.
+    scaled_with_input: tuple[str, ...] = ("b_enc", "b_dec")
+
+    def __init__(self, d_in: int, d_sae: int, *, seed: int | None = 0,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
+        super().__init__()
+        for name, value in (("d_in", d_in), ("d_sae", d_sae)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype (e.g. torch.float32), got {dtype}.")
+        self.d_in, self.d_sae = d_in, d_sae
+        self.apply_b_dec_to_input = True
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        W_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float32)
+        W_dec /= W_dec.norm(dim=-1, keepdim=True)
+        kw = dict(dtype=dtype, device=device)
+        self.W_dec = nn.Parameter(W_dec.to(**kw))
+        self.W_enc = nn.Parameter(W_dec.T.clone().to(**kw))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        # Tokens seen since each latent last fired: drives dead-latent metrics and AuxK (not saved).
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long, device=device),
+                             persistent=False)
+        # Trainer ramps this 0 -> 1 to warm up sparsity penalties (Conerly et al. 2024).
+        self.sparsity_warmup = 1.0
+
+    # --- the three things a variant may change -------------------------------------------------
+    def activation(self, pre: Tensor) -> Tensor:
+        """pre-activations [B, d_sae] -> latents [B, d_sae]."""
+        raise NotImplementedError
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+        """Named loss terms for a flat batch x [B, d_in]. Default: reconstruction only."""
+        return {"mse": mse(x_hat, x)}
+
+    def config(self) -> dict:
+        """Variant-specific hyperparameters saved in cfg.json (besides d_in and d_sae)."""
+        return {}
+
+    # --- shared forward pass --------------------------------------------------------------------
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """x [B, d_in] -> encoder pre-activations [B, d_sae]."""
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return torch.addmm(self.b_enc, x, self.W_enc)
+
+    def _flat(self, x: Tensor) -> Tensor:
+        x = check_activations(x, self.d_in)
+        return x.reshape(-1, self.d_in).to(self.W_enc.dtype)
+
+    def encode_flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, d_in] (already checked) -> (latents [B, d_sae], pre-activations [B, d_sae])."""
+        pre = self.pre_acts(x)
+        return self.activation(pre), pre
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x [..., d_in] -> latents [..., d_sae]."""
+        return self.encode_flat(self._flat(x))[0].reshape(*x.shape[:-1], self.d_sae)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents [..., d_sae] -> x_hat [..., d_in]."""
+        if latents.shape[-1] != self.d_sae:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected [..., d_sae={self.d_sae}].")
+        flat = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
+        return torch.addmm(self.b_dec, flat, self.W_dec).reshape(*latents.shape[:-1], self.d_in)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """x [..., d_in] -> SAEOutput with x_hat [..., d_in], latents [..., d_sae], loss, losses."""
+        flat = self._flat(x)
+        latents, pre = self.encode_flat(flat)
+        x_hat = torch.addmm(self.b_dec, latents, self.W_dec)
+        if self.training:
+            self._update_dead_counter(latents)
+        losses = self.loss_terms(flat, x_hat, latents, pre)
+        lead = x.shape[:-1]
+        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=latents.reshape(*lead, self.d_sae),
+                         loss=sum(losses.values()), losses=losses)
+
+    # --- training support -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _update_dead_counter(self, latents: Tensor) -> None:
+        fired = (latents > 0).any(dim=0)
+        self.tokens_since_fired += latents.shape[0]
+        self.tokens_since_fired[fired] = 0
+
+    def dead_mask(self, window: int) -> Tensor:
+        """[d_sae] bool: latents that have not fired in the last ``window`` training tokens."""
+        return self.tokens_since_fired >= window
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale each decoder row (feature direction) to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component parallel to each decoder row, so a step moves directions
+        along the unit sphere instead of growing them (Bricken et al. 2023, 'Autoencoder')."""
+        if self.W_dec.grad is None:
+            return
+        W, G = self.W_dec, self.W_dec.grad
+        G -= (G * W).sum(dim=-1, keepdim=True) * W / (W * W).sum(dim=-1, keepdim=True).clamp_min(1e-16)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on ``scale * x`` work on raw x, with latents in raw units.
+
+        pre(scale*x) / scale == (x - b_dec/scale) @ W_enc + b_enc/scale, so dividing the biases (and
+        thresholds) by ``scale`` divides every pre-activation by it; ReLU / TopK / JumpReLU / gates commute with a positive rescale, so latents are
+        divided by ``scale`` too and decoding them with the unchanged unit-norm W_dec gives x̂ / scale.
+        """
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}.")
+        for name in self.scaled_with_input:
+            getattr(self, name).div_(scale)
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.config().items())
+        return f"d_in={self.d_in}, d_sae={self.d_sae}{extra}"
+
+
+def mse(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Squared reconstruction error ||x - x̂||², summed over d_in and averaged over the batch."""
+    return (x_hat - x).pow(2).sum(dim=-1).mean()

@@ -1,0 +1,79 @@
+"""The BatchTopK SAE of Bussmann, Leask & Nanda (2024), arXiv:2412.06410.
+
+Training:   f = BatchTopK_{k·B}(ReLU(pre))   keep the k·B largest activations of the whole batch
+Inference:  f = pre · 1[pre > θ]              a JumpReLU with one global threshold θ
+
+Relaxing TopK from "k per input" to "k on average over the batch" lets easy inputs use fewer latents
+and hard ones more. At inference the batch is gone, so θ is estimated during training as a running
+average of the smallest activation BatchTopK kept (sec. 3 of the paper). The loss is reconstruction
+plus AuxK, exactly as for TopK.
+
+Saved in SAELens's format as a ``jumprelu`` SAE (threshold θ for every latent): that *is* its
+inference-time computation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import BaseSAE, mse
+from .topk import auxk_loss, check_k
+
+
+def batch_topk_relu(pre: Tensor, k: int) -> Tensor:
+    """Keep the k·B largest ReLU'd entries of pre [B, d_sae] over the whole batch, zero the rest."""
+    acts = pre.relu().flatten()
+    n_keep = min(k * pre.shape[0], acts.numel())
+    values, indices = acts.topk(n_keep, sorted=False)
+    return torch.zeros_like(acts).scatter_(0, indices, values).reshape(pre.shape)
+
+
+class BatchTopKSAE(BaseSAE):
+    """BatchTopK SAE. ``k`` is the average L0; ``threshold_momentum`` sets the running average of θ."""
+
+    architecture = "jumprelu"
+    scaled_with_input = ("b_enc", "b_dec", "threshold")
+
+    def __init__(self, d_in: int, d_sae: int, *, k: int = 32, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, dead_window: int = 100_000, threshold_momentum: float = 0.99,
+                 **kw):
+        super().__init__(d_in, d_sae, **kw)
+        self.k = check_k(k, d_sae)
+        self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)), d_sae, "k_aux")
+        self.aux_coeff, self.dead_window = float(aux_coeff), int(dead_window)
+        self.threshold_momentum = float(threshold_momentum)
+        # θ < 0 means "not estimated yet"; stored per latent to match the JumpReLU format.
+        self.register_buffer("threshold", torch.full((d_sae,), -1.0, dtype=self.W_enc.dtype,
+                                                      device=self.W_enc.device))
+
+    def activation(self, pre: Tensor) -> Tensor:
+        if not self.training:
+            if (self.threshold < 0).any():
+                raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it first (train_sae "
+                                   "estimates θ), or call sae.train() to use batch-level TopK.")
+            return pre * (pre > self.threshold)
+        latents = batch_topk_relu(pre, self.k)
+        self._update_threshold(latents)
+        return latents
+
+    @torch.no_grad()
+    def _update_threshold(self, latents: Tensor) -> None:
+        kept = latents[latents > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min()
+        if (self.threshold < 0).all():
+            self.threshold.fill_(smallest)
+        else:
+            m = self.threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * smallest)
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+        losses = {"mse": mse(x_hat, x)}
+        if self.training:
+            losses["auxk"] = auxk_loss(self, x, x_hat, pre, self.k_aux, self.dead_window, self.aux_coeff)
+        return losses
+
+    def config(self) -> dict:
+        return {"k": self.k}

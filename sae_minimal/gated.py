@@ -1,0 +1,69 @@
+"""The Gated SAE of Rajamanoharan et al. (2024), 'Improving Dictionary Learning with Gated Sparse
+Autoencoders' (arXiv:2404.16014).
+
+Two paths share one encoder matrix W_gate (called ``W_enc`` here and in SAELens):
+
+    π_gate = (x - b_dec) @ W_gate + b_gate                  which latents fire   (eq. 6)
+    π_mag  = (x - b_dec) @ (W_gate ⊙ exp(r_mag)) + b_mag      how strongly        (eq. 7: weight sharing)
+    f      = 1[π_gate > 0] ⊙ ReLU(π_mag)
+
+The L1 penalty acts on the gate path only, so it decides *which* latents fire without shrinking
+*how much* they fire. Because the step 1[·] has no gradient, an auxiliary loss trains the gate
+path to reconstruct x through a frozen copy of the decoder (eq. 8):
+
+    L = ||x - x̂||² + λ · ||ReLU(π_gate) ⊙ ||W_dec[i]|| ||₁ + ||x - x̂_frozen(ReLU(π_gate))||²
+
+With unit-norm decoder rows (kept by the trainer) the norm weighting is 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import BaseSAE, mse
+
+
+class GatedSAE(BaseSAE):
+    """Gated SAE. Parameters: W_enc (= W_gate), b_gate, r_mag, b_mag, W_dec, b_dec; no b_enc."""
+
+    architecture = "gated"
+    scaled_with_input = ("b_gate", "b_mag", "b_dec")
+
+    def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 1.0, **kw):
+        super().__init__(d_in, d_sae, **kw)
+        if l1_coeff < 0:
+            raise ValueError(f"l1_coeff must be >= 0, got {l1_coeff}.")
+        self.l1_coeff = float(l1_coeff)
+        del self.b_enc  # the paper's two biases replace it
+        self.b_gate = nn.Parameter(torch.zeros_like(self.b_dec.new_empty(d_sae)))
+        self.b_mag = nn.Parameter(torch.zeros_like(self.b_gate))
+        self.r_mag = nn.Parameter(torch.zeros_like(self.b_gate))
+
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, d_in] -> (π_gate, π_mag), each [B, d_sae], sharing one matmul."""
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        xw = x @ self.W_enc
+        # (x @ W) ⊙ exp(r) == x @ (W ⊙ exp(r)) since r scales whole columns
+        return xw + self.b_gate, xw * self.r_mag.exp() + self.b_mag
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Gate pre-activations π_gate [B, d_sae] (what decides firing)."""
+        return self._paths(x)[0]
+
+    def encode_flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        pi_gate, pi_mag = self._paths(x)
+        return (pi_gate > 0) * pi_mag.relu(), pi_gate
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+        gate = pre.relu()  # pre is π_gate here
+        x_hat_frozen = gate @ self.W_dec.detach() + self.b_dec.detach()
+        return {
+            "mse": mse(x_hat, x),
+            "l1": self.sparsity_warmup * self.l1_coeff * gate.sum(dim=-1).mean(),
+            "aux": mse(x_hat_frozen, x),
+        }
+
+    def config(self) -> dict:
+        return {"l1_coeff": self.l1_coeff}

@@ -1,0 +1,74 @@
+"""Evaluation metrics (the chapter's 'Evaluation: How Do You Know an SAE Is Good?').
+
+Shapes: x, x_hat [N, d_in] (any leading dims are flattened); latents [N, d_sae];
+decoder matrices [n_latents, d_in] with one feature direction per row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1]).float()
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> float:
+    """Fraction of variance unexplained: Σ||x - x̂||² / Σ||x - mean(x)||²  (= 1 - R²).
+
+    0 is a perfect reconstruction; 1 is no better than predicting the mean activation.
+    """
+    x, x_hat = _flat(x), _flat(x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but x_hat has shape {tuple(x_hat.shape)}.")
+    if x.shape[0] < 2:
+        raise ValueError("fvu needs at least 2 rows to measure variance.")
+    total = (x - x.mean(dim=0)).pow(2).sum()
+    return float((x - x_hat).pow(2).sum() / total.clamp_min(1e-12))
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """R² = 1 - FVU."""
+    return 1.0 - fvu(x, x_hat)
+
+
+def l0(latents: Tensor) -> float:
+    """Mean number of non-zero latents per input: E_x ||f(x)||₀."""
+    return float((_flat(latents) != 0).sum(dim=-1).float().mean())
+
+
+def feature_density(latents: Tensor) -> Tensor:
+    """[d_sae] fraction of inputs on which each latent fires (its firing frequency)."""
+    return (_flat(latents) != 0).float().mean(dim=0)
+
+
+def dead_fraction(latents_or_density: Tensor) -> float:
+    """Fraction of latents that never fire. Accepts latents [N, d_sae] or a density [d_sae]."""
+    density = latents_or_density if latents_or_density.ndim == 1 else feature_density(latents_or_density)
+    return float((density == 0).float().mean())
+
+
+def cosine_matrix(W_a: Tensor, W_b: Tensor) -> Tensor:
+    """[n_a, n_b] cosine similarity between the rows of W_a [n_a, d] and W_b [n_b, d]."""
+    if W_a.shape[-1] != W_b.shape[-1]:
+        raise ValueError(f"Directions must share a dimension: got {tuple(W_a.shape)} and {tuple(W_b.shape)}. "
+                         "Pass decoder matrices as [n_latents, d_in] (sae.W_dec).")
+    a = torch.nn.functional.normalize(W_a.detach().float(), dim=-1)
+    b = torch.nn.functional.normalize(W_b.detach().float(), dim=-1)
+    return a @ b.T
+
+
+def max_cosines(W_a: Tensor, W_b: Tensor, chunk: int = 4096) -> Tensor:
+    """[n_a] for each row of W_a, the largest cosine to any row of W_b (chunked to bound memory)."""
+    return torch.cat([cosine_matrix(W_a[i:i + chunk], W_b).max(dim=1).values
+                      for i in range(0, W_a.shape[0], chunk)])
+
+
+def mmcs(W_a: Tensor, W_b: Tensor) -> float:
+    """Mean max cosine similarity: mean over a's rows of the max cosine to b's rows.
+
+    Not symmetric: mmcs(true_dictionary, sae.W_dec) asks "is every true feature found?",
+    mmcs(sae_seed0.W_dec, sae_seed1.W_dec) asks "does seed 0's dictionary reappear in seed 1?".
+    """
+    return float(max_cosines(W_a, W_b).mean())

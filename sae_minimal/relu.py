@@ -1,0 +1,42 @@
+"""The L1 ("standard") SAE of Bricken et al. (2023), 'Towards Monosemanticity'.
+
+    f = ReLU((x - b_dec) @ W_enc + b_enc)
+    L = ||x - x̂||²  +  λ · Σ_i f_i · ||W_dec[i]||          (Bricken et al. 2023; Conerly et al. 2024)
+
+The decoder rows are kept at unit norm (the trainer projects gradients and renormalises after every
+step), so the norm-weighted penalty above equals the plain L1 norm λ·||f||₁ and we compute it that way.
+Without the constraint the SAE could shrink f and grow W_dec to make the penalty vanish.
+
+The L1 penalty charges for magnitude, not just for firing: at the optimum an active latent is the
+soft-threshold of the true coefficient, max(c - λ/2, 0) for orthonormal features (the chapter's
+Exercise 3). That bias is *shrinkage*; notebook 03 measures it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import BaseSAE, mse
+
+
+class ReLUSAE(BaseSAE):
+    """L1-penalised ReLU SAE. ``l1_coeff`` is λ above (in units where E||x|| = √d_in)."""
+
+    architecture = "standard"
+
+    def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 1.0, **kw):
+        super().__init__(d_in, d_sae, **kw)
+        if l1_coeff < 0:
+            raise ValueError(f"l1_coeff must be >= 0, got {l1_coeff}.")
+        self.l1_coeff = float(l1_coeff)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        return torch.relu(pre)
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+        l1 = latents.sum(dim=-1).mean()  # latents >= 0, so this is ||f||₁ (unit-norm decoder)
+        return {"mse": mse(x_hat, x), "l1": self.sparsity_warmup * self.l1_coeff * l1}
+
+    def config(self) -> dict:
+        return {"l1_coeff": self.l1_coeff}

@@ -1,0 +1,87 @@
+"""The TopK SAE of Gao et al. (2024), 'Scaling and evaluating sparse autoencoders' (arXiv:2406.04093).
+
+    f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))        (eq. 3: keep the k largest, zero the rest)
+    L = ||x - x̂||²  +  α · ||e - ê||²                     (sec. 2.4, AuxK)
+
+Sparsity is exact (L0 <= k) and there is no penalty on magnitudes, so no shrinkage. The gradient of
+TopK is the mask itself: selected latents pass gradient like a linear layer, the others get none --
+no straight-through estimator is needed (the chapter's Exercise 4).
+
+AuxK keeps latents alive: with e = x - x̂ the main model's residual, take the k_aux largest
+pre-activations among *dead* latents (no firing in the last ``dead_window`` tokens) and ask them to
+reconstruct e, without b_dec: ê = TopK_kaux(pre[dead]) @ W_dec[dead]. α = 1/32 in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import BaseSAE, mse
+
+
+def topk_relu(pre: Tensor, k: int) -> Tensor:
+    """Keep the k largest entries of each row of pre [B, d_sae], ReLU them, zero the rest."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+
+def check_k(k: int, d_sae: int, name: str = "k") -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}.")
+    if k > d_sae:
+        raise ValueError(f"{name}={k} is larger than d_sae={d_sae}: a TopK SAE cannot keep more latents "
+                         f"than it has. Use {name} <= d_sae (typically {name} << d_sae, e.g. 32 of 16384).")
+    return k
+
+
+def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int, dead_window: int,
+              coeff: float) -> Tensor:
+    """AuxK (Gao et al. 2024, sec. 2.4): dead latents reconstruct the residual e = x - x̂.
+
+    x, x_hat [B, d_in]; pre [B, d_sae]. Scaled by min(n_dead / k_aux, 1) so a handful of dead latents
+    gets a proportionally small push (as in SAELens). Returns 0 when no latent is dead.
+    """
+    dead = sae.dead_mask(dead_window)
+    n_dead = int(dead.sum())
+    if n_dead == 0 or coeff == 0:
+        return pre.new_zeros(())
+    k = min(k_aux, n_dead)
+    dead_pre = pre.masked_fill(~dead, float("-inf"))
+    e = (x - x_hat).detach()                     # the main model is not trained by this term
+    e_hat = topk_relu(dead_pre, k) @ sae.W_dec   # no b_dec: it is already in x_hat
+    return coeff * min(n_dead / k_aux, 1.0) * mse(e_hat, e)
+
+
+class TopKSAE(BaseSAE):
+    """TopK SAE with AuxK.
+
+    Args:
+        k:           latents kept per input (the exact L0).
+        k_aux:       latents AuxK may revive per input (paper: a power of two near d_in / 2).
+        aux_coeff:   α, weight of the AuxK loss (paper: 1/32).
+        dead_window: a latent is dead after this many training tokens without firing
+                     (paper: 10M tokens; scale it to your run length).
+    """
+
+    architecture = "topk"
+
+    def __init__(self, d_in: int, d_sae: int, *, k: int = 32, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, dead_window: int = 100_000, **kw):
+        super().__init__(d_in, d_sae, **kw)
+        self.k = check_k(k, d_sae)
+        self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)), d_sae, "k_aux")
+        self.aux_coeff = float(aux_coeff)
+        self.dead_window = int(dead_window)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        return topk_relu(pre, self.k)
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+        losses = {"mse": mse(x_hat, x)}
+        if self.training:
+            losses["auxk"] = auxk_loss(self, x, x_hat, pre, self.k_aux, self.dead_window, self.aux_coeff)
+        return losses
+
+    def config(self) -> dict:
+        return {"k": self.k}
