@@ -11,7 +11,7 @@ from torch import Tensor
 
 
 def _flat(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1]).float()
+    return t.detach().reshape(-1, t.shape[-1]).float()
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> float:

@@ -1,0 +1,35 @@
+"""Ground-truth recovery: each sparse variant finds >= 90% of the true features (cos > 0.9) on easy
+synthetic data in seconds; the L1 SAE measurably shrinks magnitudes while TopK does not."""
+
+import pytest
+import torch
+
+import sae_minimal as sm
+from sae_minimal.data import magnitude_ratio, make_synthetic, recovery
+
+VARIANTS = [
+    (sm.TopKSAE, {"k": 6}), (sm.BatchTopKSAE, {"k": 6}), (sm.JumpReLUSAE, {}), (sm.GatedSAE, {}),
+]
+
+
+@pytest.mark.parametrize("cls,kw", VARIANTS, ids=[c.__name__ for c, _ in VARIANTS])
+def test_recovers_true_features(cls, kw, easy_data):
+    sae = cls(64, 256, **kw)
+    sm.train_sae(sae, easy_data.activations, n_tokens=600_000, batch_size=512, progress=False)
+    rec = recovery(sae, easy_data.dictionary)
+    assert rec["frac_recovered"] >= 0.9, rec
+    x = easy_data.activations[:4000]
+    assert sm.metrics.fvu(x, sae(x).x_hat) < 0.15
+
+
+def test_l1_shrinks_magnitudes_and_topk_does_not():
+    data = make_synthetic(d_in=64, n_features=48, n_samples=40_000, p=0.05, orthogonal=True, seed=1)
+    relu = sm.ReLUSAE(64, 96, l1_coeff=1.0)
+    topk = sm.TopKSAE(64, 96, k=6)
+    for sae in (relu, topk):
+        sm.train_sae(sae, data.activations, n_tokens=400_000, batch_size=512, progress=False)
+    r_l1, r_topk = magnitude_ratio(relu, data), magnitude_ratio(topk, data)
+    assert len(r_l1) >= 40 and len(r_topk) >= 40
+    assert r_l1.median() < 0.95          # shrinkage: recovered / true magnitude < 1
+    assert r_topk.median() > 0.98        # no magnitude penalty, no shrinkage
+    assert r_l1.median() < r_topk.median() - 0.03
