@@ -178,7 +178,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             if step % log_every == 0 or step == n_steps:  # 5. history
                 _log(history, step, tokens, out, x, sae, dead_window, opt.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
-                                l0=f"{history['l0'][-1]:.1f}")
+                                l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
