@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BaseSAE, mse
-from .topk import auxk_loss, check_k
+from .topk import TopKSAE
 
 
 def batch_topk_relu(pre: Tensor, k: int) -> Tensor:
@@ -29,19 +28,15 @@ def batch_topk_relu(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(acts).scatter_(0, indices, values).reshape(pre.shape)
 
 
-class BatchTopKSAE(BaseSAE):
-    """BatchTopK SAE. ``k`` is the average L0; ``threshold_momentum`` sets the running average of θ."""
+class BatchTopKSAE(TopKSAE):
+    """BatchTopK SAE: TopKSAE's arguments (``k`` is now the *average* L0), plus ``threshold_momentum``
+    for the running average of θ. Loss: reconstruction + AuxK, inherited from TopKSAE."""
 
     architecture = "jumprelu"
     scaled_with_input = ("b_enc", "b_dec", "threshold")
 
-    def __init__(self, d_in: int, d_sae: int, *, k: int = 32, k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, dead_window: int = 100_000, threshold_momentum: float = 0.99,
-                 **kw):
+    def __init__(self, d_in: int, d_sae: int, *, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, **kw)
-        self.k = check_k(k, d_sae)
-        self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)), d_sae, "k_aux")
-        self.aux_coeff, self.dead_window = float(aux_coeff), int(dead_window)
         self.threshold_momentum = float(threshold_momentum)
         # θ < 0 means "not estimated yet"; stored per latent to match the JumpReLU format.
         self.register_buffer("threshold", torch.full((d_sae,), -1.0, dtype=self.W_enc.dtype,
@@ -68,12 +63,3 @@ class BatchTopKSAE(BaseSAE):
         else:
             m = self.threshold_momentum
             self.threshold.mul_(m).add_((1 - m) * smallest)
-
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
-        losses = {"mse": mse(x_hat, x)}
-        if self.training:
-            losses["auxk"] = auxk_loss(self, x, x_hat, pre, self.k_aux, self.dead_window, self.aux_coeff)
-        return losses
-
-    def config(self) -> dict:
-        return {"k": self.k}
