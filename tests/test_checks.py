@@ -1,0 +1,159 @@
+"""Each checker passes the reference solution and fails realistic wrong solutions with the right hint."""
+
+import math
+
+import pytest
+import torch
+
+from sae_minimal import checks
+from sae_minimal.topk import topk_relu
+
+
+def fails_with(check, fn, hint):
+    with pytest.raises(AssertionError, match=hint):
+        check(fn)
+
+
+# --- Exercise 1 ---
+def test_overcomplete(capsys):
+    checks.check_overcomplete(lambda d_sae, d_in, l0: (d_sae / d_in, l0 / d_sae))
+    assert capsys.readouterr().out.startswith("PASSED check_overcomplete")
+    fails_with(checks.check_overcomplete, lambda s, i, l: (i / s, l / s), "divided the wrong way")
+    fails_with(checks.check_overcomplete, lambda s, i, l: (s / i, l / i), "L0 / d_sae")
+    fails_with(checks.check_overcomplete, lambda s, i, l: (s // i, l / s), "integer division")
+    fails_with(checks.check_overcomplete, lambda s, i, l: (s / i, 100 * l / s), "percentage")
+
+    def stub(*a):
+        raise NotImplementedError()
+    fails_with(checks.check_overcomplete, stub, "NotImplementedError")
+
+
+# --- Exercise 3 ---
+def test_soft_threshold():
+    checks.check_soft_threshold(lambda z, lam: torch.sign(z) * torch.clamp(z.abs() - lam, min=0))
+    fails_with(checks.check_soft_threshold, lambda z, lam: z - lam * torch.sign(z), "did you forget the sign")
+    fails_with(checks.check_soft_threshold, lambda z, lam: torch.clamp(z - lam, min=0), "only handles positive z")
+    fails_with(checks.check_soft_threshold, lambda z, lam: z * (z.abs() > lam), "hard thresholding")
+    fails_with(checks.check_soft_threshold, lambda z, lam: torch.sign(z) * torch.clamp(z.abs() - lam / 2, min=0),
+               "must map to 0|shrink by|towards 0")
+
+
+# --- TopK activation ---
+def test_topk_activation():
+    checks.check_topk_activation(topk_relu)
+    checks.check_topk_activation(lambda p, k: topk_relu(p.relu(), k))  # ReLU first is equivalent
+    fails_with(checks.check_topk_activation, lambda p, k: p.topk(k, dim=-1).values, "Scatter them back")
+    fails_with(checks.check_topk_activation,
+               lambda p, k: torch.zeros_like(p).scatter_(-1, p.topk(k, -1).indices, p.topk(k, -1).values),
+               "apply ReLU")
+    fails_with(checks.check_topk_activation,
+               lambda p, k: torch.zeros_like(p).scatter_(-1, p.abs().topk(k, -1).indices,
+                                                         p.gather(-1, p.abs().topk(k, -1).indices)).relu(),
+               "largest \\|value\\|")
+    fails_with(checks.check_topk_activation,
+               lambda p, k: torch.zeros_like(p).scatter_(0, p.topk(min(k, p.shape[0]), 0).indices,
+                                                         p.topk(min(k, p.shape[0]), 0).values).relu(),
+               "per row")
+
+
+# --- Exercise 4 ---
+def _topk_grads(x, W_enc, b_enc, W_dec, b_dec, k, *, mask=True, two=2.0, mean=True):
+    pre = x @ W_enc + b_enc
+    z = topk_relu(pre, k)
+    B = x.shape[0] if mean else 1
+    g_xhat = two * (z @ W_dec + b_dec - x) / B
+    g_z = g_xhat @ W_dec.T
+    g_pre = g_z * (z > 0) if mask else g_z
+    return {"W_enc": x.T @ g_pre, "b_enc": g_pre.sum(0), "W_dec": z.T @ g_xhat, "b_dec": g_xhat.sum(0)}
+
+
+def test_topk_backward():
+    checks.check_topk_backward(_topk_grads)
+    fails_with(checks.check_topk_backward, lambda *a: _topk_grads(*a, mask=False), "straight-through estimator")
+    fails_with(checks.check_topk_backward, lambda *a: _topk_grads(*a, two=1.0), "factor 2")
+    fails_with(checks.check_topk_backward, lambda *a: _topk_grads(*a, mean=False), "1/B")
+    fails_with(checks.check_topk_backward, lambda *a: {"W_enc": 0}, "keys")
+
+
+# --- Exercise 5 ---
+def test_welch_bound():
+    def ref(d, eps):
+        return math.inf if d * eps**2 >= 1 else math.floor(d * (1 - eps**2) / (1 - d * eps**2))
+    checks.check_welch_bound(ref)
+    fails_with(checks.check_welch_bound, lambda d, e: d * (1 - e**2) / (1 - d * e**2), "return math.inf|round down")
+    fails_with(checks.check_welch_bound,
+               lambda d, e: math.inf if d * e**2 >= 1 else d * (1 - e**2) / (1 - d * e**2), "round down")
+    fails_with(checks.check_welch_bound,
+               lambda d, e: math.inf if d * e >= 1 else d * (1 - e) / (1 - d * e), "uses ε²|finite")
+    fails_with(checks.check_welch_bound, lambda d, e: math.inf, "bound is finite")
+
+
+# --- JumpReLU ---
+class _JR(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, t, eps, variant):
+        ctx.save_for_backward(z, t)
+        ctx.eps, ctx.variant = eps, variant
+        return z * (z > t)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, t = ctx.saved_tensors
+        k = ((z - t).abs() / ctx.eps < 0.5).float()
+        gz = (z > t) * g if ctx.variant != "dz1" else g
+        gt = -(t / ctx.eps) * k * g
+        if ctx.variant == "no_theta_factor":
+            gt = -(1 / ctx.eps) * k * g
+        if ctx.variant == "sign":
+            gt = -gt
+        return gz, gt.sum(0), None, None
+
+
+def test_jumprelu():
+    checks.check_jumprelu(lambda z, t, e: _JR.apply(z, t, e, "ok"))
+    fails_with(checks.check_jumprelu, lambda z, t, e: _JR.apply(z, t, e, "no_theta_factor"), "missing the factor θ")
+    fails_with(checks.check_jumprelu, lambda z, t, e: _JR.apply(z, t, e, "sign"), "wrong sign")
+    fails_with(checks.check_jumprelu, lambda z, t, e: _JR.apply(z, t, e, "dz1"), "d/dz is 1 everywhere")
+    fails_with(checks.check_jumprelu, lambda z, t, e: z * (z > t), "d/dθ is zero|backward did not reach")
+    fails_with(checks.check_jumprelu, lambda z, t, e: torch.relu(z - t), "unchanged")
+
+
+# --- Toy model loss ---
+def test_toy_model_loss():
+    def ref(W, b, x, imp):
+        return (imp * (x - torch.relu(x @ W.T @ W + b)) ** 2).sum(-1).mean()
+    checks.check_toy_model_loss(ref)
+    fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: (imp * (x - (x @ W.T @ W + b)) ** 2).sum(-1).mean(),
+               "forgot the ReLU")
+    fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: ((x - torch.relu(x @ W.T @ W + b)) ** 2).sum(-1).mean(),
+               "importance")
+    fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: (imp * (x - torch.relu(x @ W.T @ W + b)) ** 2).sum(),
+               "summed over the batch")
+    fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: (imp * (x - torch.relu(x @ W.T @ W + b)) ** 2).mean(),
+               "averaged over features")
+
+
+# --- Recovery score ---
+def test_recovery_score():
+    def ref(D, W, th):
+        cos = torch.nn.functional.normalize(D, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T
+        best = cos.max(1).values
+        return float(best.mean()), float((best > th).float().mean())
+    checks.check_recovery_score(ref)
+
+    def abs_cos(D, W, th):
+        cos = (torch.nn.functional.normalize(D, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T).abs()
+        best = cos.max(1).values
+        return float(best.mean()), float((best > th).float().mean())
+    fails_with(checks.check_recovery_score, abs_cos, "\\|cos\\|")
+
+    def wrong_axis(D, W, th):
+        cos = torch.nn.functional.normalize(D, dim=-1) @ torch.nn.functional.normalize(W, dim=-1).T
+        best = cos.max(0).values
+        return float(best.mean()), float((best > th).float().mean())
+    fails_with(checks.check_recovery_score, wrong_axis, "averaged over the SAE's latents")
+
+    def dots(D, W, th):
+        best = (D @ W.T).max(1).values
+        return float(best.mean()), float((best > th).float().mean())
+    fails_with(checks.check_recovery_score, dots, "not cosines")

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from sae_minimal import capacity, toy
+
+
+def test_toy_sweep_reproduces_known_regimes():
+    # n=2 features in m=1 dimension; feature 1 has importance 1, feature 2 importance r.
+    p = torch.tensor([1.0, 1.0, 0.05])     # 1 - S
+    r = torch.tensor([0.3, 3.0, 1.0])
+    imp = torch.stack([torch.ones(3), r], -1)
+    model = toy.train_toy(2, 1, p, imp, steps=2000, batch=512, lr=1e-2, restarts=2, progress=False)
+    regimes = [toy.REGIMES[i] for i in toy.classify_last_feature(model.W)]
+    assert regimes == ["not represented", "dedicated dimension", "superposition"]
+    # the superposition solution is an antipodal pair
+    w = model.W[2, 0]
+    assert w[0] * w[1] < 0 and abs(abs(w[0]) - abs(w[1])) < 0.3
+
+
+def test_feature_dimensionality_of_known_geometries():
+    antipodal = torch.tensor([[[1.0, -1.0]]])                     # 2 features sharing 1 dim
+    assert toy.feature_dimensionality(antipodal)[0].tolist() == pytest.approx([0.5, 0.5])
+    angles = torch.arange(3) * 2 * math.pi / 3
+    triangle = torch.stack([angles.cos(), angles.sin()])[None]    # 3 features in 2 dims
+    assert toy.feature_dimensionality(triangle)[0].tolist() == pytest.approx([2 / 3] * 3, abs=1e-5)
+    angles = torch.arange(5) * 2 * math.pi / 5
+    pentagon = torch.stack([angles.cos(), angles.sin()])[None]
+    assert toy.feature_dimensionality(pentagon)[0].tolist() == pytest.approx([2 / 5] * 5, abs=1e-5)
+    assert toy.dimensions_per_feature(antipodal).item() == pytest.approx(0.5)
+
+
+def test_welch_bounds():
+    assert capacity.welch_bound(4096, 0.1) == math.inf          # d·ε² = 40.96 >= 1: vacuous
+    assert capacity.welch_bound(4096, 0.01) == math.floor(4096 * (1 - 1e-4) / (1 - 0.4096))
+    # the k=1 bound in log form agrees with the plain one
+    assert math.exp(capacity.log_welch_bound_k(100, 0.05, 1)) == pytest.approx(100 * (1 - 0.0025) / 0.75)
+    # higher orders rescue the vacuous case, and the best bound is finite
+    log_n, k = capacity.best_log_welch_bound(4096, 0.1)
+    assert math.isfinite(log_n) and k > 1
+    assert capacity.log_welch_bound_k(4096, 0.1, 2) == math.inf
+
+
+def test_random_vectors_respect_welch_and_packing_beats_random():
+    d, n = 8, 24
+    U = capacity.random_unit_vectors(n, d)
+    eps_random = capacity.max_coherence(U)
+    packed = capacity.pack_directions(n, d, steps=300)
+    eps_packed = capacity.max_coherence(packed)
+    welch_eps = math.sqrt((n - d) / (d * (n - 1)))                 # the Welch bound on coherence
+    assert welch_eps <= eps_packed + 1e-6 and eps_packed < eps_random
+    assert torch.allclose(packed.norm(dim=-1), torch.ones(n))
+
+
+def test_kabatyanskii_levenshtein_is_above_the_random_packing_estimate():
+    # an upper bound must sit above what random packing achieves where its leading term is meaningful
+    for eps in (0.1, 0.2, 0.3):
+        log2_kl = capacity.log2_kabatyanskii_levenshtein(4096, eps)
+        assert log2_kl > capacity.log_random_packing(4096, eps) / math.log(2)
+    assert capacity.log2_kabatyanskii_levenshtein(4096, 0.2) > capacity.log2_kabatyanskii_levenshtein(4096, 0.1)
