@@ -49,9 +49,10 @@ def toy_loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor) -> Tensor:
 def sample_features(feature_probability: Tensor, batch: int, generator: torch.Generator | None = None) -> Tensor:
     """[I, batch, n]: each feature U[0,1] with probability p, else 0."""
     I, n = feature_probability.shape
-    x = torch.rand(I, batch, n, generator=generator)
-    on = torch.rand(I, batch, n, generator=generator) < feature_probability[:, None, :]
-    return x * on
+    u = torch.rand(I, batch, n, generator=generator)
+    p = feature_probability[:, None, :]
+    # one draw does both jobs: P(u < p) = p, and given u < p, u / p is again U[0, 1]
+    return torch.where(u < p, u / p, 0.0)
 
 
 def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor, importance: Tensor | None = None,
