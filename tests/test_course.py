@@ -1,0 +1,79 @@
+"""The course's single source of truth: exercises/ and notebooks/ are generated from solutions/, every stub is
+followed by its checker, exercises run up to their first stub, and the self-grading report works."""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from sae_minimal import course
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def test_generated_folders_are_up_to_date():
+    stale = course.build(ROOT, check_only=True)
+    assert not stale, f"run `python -m sae_minimal.course build`: out of date: {stale}"
+
+
+def test_exercise_source_replaces_solutions_and_keeps_hints():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + 1\n    ### END SOLUTION\n\ncheck_f(f)"
+    out = course.exercise_source(src, "code")
+    assert "return x + 1" not in out and "# HINT: add one" in out and course.STUB in out
+    assert "check_f(f)" in out
+    hidden = "a = 1\n### BEGIN HIDDEN TESTS\nassert a == 1\n### END HIDDEN TESTS"
+    assert course.exercise_source(hidden, "code") == "a = 1"
+    assert "YOUR ANSWER HERE" in course.exercise_source("### BEGIN SOLUTION\nproof\n### END SOLUTION", "markdown")
+    with pytest.raises(ValueError, match="unclosed"):
+        course.exercise_source("### BEGIN SOLUTION\nx", "code")
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_stub_is_followed_by_its_checker(path):
+    ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    code = [c for c in ex.cells if c.cell_type == "code"]
+    assert all(not c.outputs for c in code), "exercise notebooks are shipped without outputs"
+    stubs = [i for i, c in enumerate(code) if course.STUB in c.source]
+    assert stubs, f"{path.name} has no exercise"
+    for i in stubs:
+        assert course.CHECK_CALL.search(code[i].source), f"stub in code cell {i} of {path.name} is not followed by a checker"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_exercise_runs_up_to_its_first_stub(path, tmp_path):
+    """Execute the exercise up to its first checker: everything before it must run, and the checker must say
+    the stub is unsolved (not crash somewhere else)."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    first = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and course.STUB in c.source)
+    ex.cells = ex.cells[: first + 1]
+    client = NotebookClient(ex, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    with pytest.raises(CellExecutionError) as err:
+        client.execute()
+    assert "NotImplementedError" in str(err.value)
+    assert re.search(r"replace the stub", str(err.value)), "the checker should explain what to do"
+    failing = [c for c in ex.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert failing == [ex.cells[first]], "only the stub's checker cell may fail"
+
+
+def test_reading_notebooks_keep_solutions_without_markers():
+    for path in SOLUTIONS:
+        rd = nbformat.read(ROOT / "notebooks" / path.name, as_version=4)
+        text = "\n".join(c.source for c in rd.cells)
+        assert "### BEGIN SOLUTION" not in text and course.STUB not in text
+
+
+def test_check_reports_each_checker(tmp_path, capsys):
+    nb_path = tmp_path / "00_introduction.ipynb"
+    nb_path.write_text((ROOT / "exercises" / "00_introduction.ipynb").read_text())
+    results = dict(course.check(nb_path))
+    assert results["check_overcomplete"].startswith("not attempted")
+    assert results["check_recovery_score"].startswith("not attempted")
+    solved = tmp_path / "solved.ipynb"
+    solved.write_text((ROOT / "solutions" / "00_introduction.ipynb").read_text())
+    assert course.main(["check", str(solved)]) == 0
+    assert "2/2 checks passed" in capsys.readouterr().out
