@@ -140,11 +140,15 @@ class BaseSAE(nn.Module):
         flat = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
         return torch.addmm(self.b_dec, flat, self.W_dec).reshape(*latents.shape[:-1], self.d_in)
 
+    def forward_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, d_in] -> (latents [B, d_sae], pre [B, d_sae], x_hat [B, d_in]); TopK overrides the decode."""
+        latents, pre = self.encode_flat(x)
+        return latents, pre, torch.addmm(self.b_dec, latents, self.W_dec)
+
     def forward(self, x: Tensor) -> SAEOutput:
         """x [..., d_in] -> SAEOutput with x_hat [..., d_in], latents [..., d_sae], loss, losses."""
         flat = self._flat(x)
-        latents, pre = self.encode_flat(flat)
-        x_hat = torch.addmm(self.b_dec, latents, self.W_dec)
+        latents, pre, x_hat = self.forward_flat(flat)
         if self.training:
             self._update_dead_counter(latents)
         losses = self.loss_terms(flat, x_hat, latents, pre)

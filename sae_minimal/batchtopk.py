@@ -34,6 +34,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "jumprelu"
     scaled_with_input = ("b_enc", "b_dec", "threshold")
+    decode_sparsely = False  # a variable number of latents per row: decode densely
 
     def __init__(self, d_in: int, d_sae: int, *, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, **kw)

@@ -61,6 +61,27 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(z), grad_threshold.sum(dim=tuple(range(grad.ndim - 1))), None
 
 
+class _JumpReLUWithL0(torch.autograd.Function):
+    """Both at once, sharing one mask and one kernel: (z·H(z-θ), Σ_i H(z_i-θ_i) per row). The SAE's
+    training step needs both, and fusing them halves the elementwise passes over [B, d_sae]."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
+        mask = z > threshold
+        ctx.save_for_backward(z, threshold, mask)
+        ctx.bandwidth = bandwidth
+        return z * mask, mask.sum(dim=-1, dtype=z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, grad_l0: Tensor):
+        z, threshold, mask = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = (z - threshold).abs() < eps / 2                 # K((z - θ)/ε) for the rectangle kernel
+        # d out/dθ = -(θ/ε)·K and d L0/dθ = -(1/ε)·K, chained with their incoming gradients
+        grad_threshold = (near * (threshold * grad_out + grad_l0[..., None])).sum(dim=tuple(range(z.ndim - 1)))
+        return grad_out * mask, -grad_threshold / eps, None
+
+
 def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     """z [..., d_sae] -> z · H(z - θ), with the STE gradient for θ [d_sae]."""
     return _JumpReLU.apply(z, threshold, bandwidth)
@@ -105,9 +126,15 @@ class JumpReLUSAE(BaseSAE):
     def activation(self, pre: Tensor) -> Tensor:
         return jumprelu(pre, self.threshold, self.bandwidth)
 
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
-        l0 = step(pre, self.threshold, self.bandwidth).sum(dim=-1).mean()
-        return {"mse": mse(x_hat, x), "l0": self.sparsity_warmup * self.l0_coeff * l0}
+    def encode_flat(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """-> (latents [B, d_sae], (pre [B, d_sae], L0 per row [B])): the L0 penalty's STE shares the pass."""
+        pre = self.pre_acts(x)
+        latents, l0_rows = _JumpReLUWithL0.apply(pre, self.threshold, self.bandwidth)
+        return latents, (pre, l0_rows)
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre) -> dict[str, Tensor]:
+        _, l0_rows = pre
+        return {"mse": mse(x_hat, x), "l0": self.sparsity_warmup * self.l0_coeff * l0_rows.mean()}
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:

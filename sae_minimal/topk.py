@@ -26,6 +26,21 @@ def topk_relu(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
 
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+    """x̂ [B, d_in] = Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec), touching only the k selected rows.
+
+    indices, values: [B, k]. An embedding-bag lookup: B·k·d_in multiply-adds instead of B·d_sae·d_in for the
+    dense product, and its backward writes gradient only into the selected rows of W_dec (and into values).
+    """
+    out = torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    return out + b_dec if b_dec is not None else out
+
+
+# Sparse decoding wins once few enough latents are active; measured crossover on a 2-core CPU (see
+# benchmarks/bench_train.py --decode): dense below about 1 active latent in 16.
+SPARSE_DECODE_MAX_FRACTION = 1 / 16
+
+
 def check_k(k: int, d_sae: int, name: str = "k") -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"{name} must be a positive integer, got {k!r}.")
@@ -49,7 +64,8 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int, d
     k = min(k_aux, n_dead)
     dead_pre = pre.masked_fill(~dead, float("-inf"))
     e = (x - x_hat).detach()                     # the main model is not trained by this term
-    e_hat = topk_relu(dead_pre, k) @ sae.W_dec   # no b_dec: it is already in x_hat
+    values, indices = dead_pre.topk(k, dim=-1, sorted=False)
+    e_hat = sparse_decode(indices, values.relu(), sae.W_dec)   # no b_dec: it is already in x_hat
     return coeff * min(n_dead / k_aux, 1.0) * mse(e_hat, e)
 
 
@@ -74,8 +90,25 @@ class TopKSAE(BaseSAE):
         self.aux_coeff = float(aux_coeff)
         self.dead_window = int(dead_window)
 
+    # None: decode sparsely when k / d_sae <= SPARSE_DECODE_MAX_FRACTION; True/False to force either path.
+    decode_sparsely: bool | None = None
+
     def activation(self, pre: Tensor) -> Tensor:
         return topk_relu(pre, self.k)
+
+    def uses_sparse_decode(self) -> bool:
+        if self.decode_sparsely is not None:
+            return self.decode_sparsely
+        return self.k <= SPARSE_DECODE_MAX_FRACTION * self.d_sae
+
+    def forward_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.uses_sparse_decode():
+            return super().forward_flat(x)
+        pre = self.pre_acts(x)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        values = values.relu()
+        latents = torch.zeros_like(pre).scatter(-1, indices, values)   # dense copy for metrics and losses
+        return latents, pre, sparse_decode(indices, values, self.W_dec, self.b_dec)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
         losses = {"mse": mse(x_hat, x)}

@@ -55,3 +55,40 @@ def test_jumprelu_input_gradient_is_exact():
     theta = torch.full((6,), 0.5, dtype=torch.float64)
     z = torch.tensor([[-1.0, 0.1, 0.7, 1.5, 2.0, 3.0]], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: jumprelu(z, theta, 0.01), (z,))
+
+
+def test_sparse_decode_equals_dense_forward_and_gradients():
+    from sae_minimal.topk import sparse_decode
+    torch.manual_seed(0)
+    pre = torch.randn(16, 200)
+    W_dec = torch.randn(200, 12, requires_grad=True)
+    values, indices = pre.topk(7, dim=-1)
+    values = values.relu().requires_grad_()
+    dense_latents = torch.zeros(16, 200).scatter(-1, indices, values)
+    dense = dense_latents @ W_dec
+    sparse = sparse_decode(indices, values, W_dec)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(dense)
+    gW_dense, gv_dense = torch.autograd.grad((dense * g).sum(), (W_dec, values))
+    gW_sparse, gv_sparse = torch.autograd.grad((sparse * g).sum(), (W_dec, values))
+    torch.testing.assert_close(gW_sparse, gW_dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gv_sparse, gv_dense, rtol=1e-5, atol=1e-5)
+    untouched = torch.ones(200, dtype=torch.bool)
+    untouched[indices.unique()] = False
+    assert (gW_sparse[untouched] == 0).all()          # only selected rows receive gradient
+
+
+def test_topk_sae_sparse_and_dense_paths_agree():
+    x = torch.randn(32, 16)
+    a = sm.TopKSAE(16, 512, k=4, seed=0)
+    b = sm.TopKSAE(16, 512, k=4, seed=0)
+    a.decode_sparsely, b.decode_sparsely = True, False
+    assert a.uses_sparse_decode() and not b.uses_sparse_decode()
+    oa, ob = a(x), b(x)
+    torch.testing.assert_close(oa.x_hat, ob.x_hat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(oa.latents, ob.latents)
+    oa.loss.backward()
+    ob.loss.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert sm.TopKSAE(16, 512, k=4).uses_sparse_decode() and not sm.TopKSAE(16, 32, k=4).uses_sparse_decode()

@@ -161,3 +161,20 @@ def test_auxk_revives_dead_latents_only():
     sae.tokens_since_fired.zero_()
     out = sae(torch.randn(4, 8))
     assert out.losses["auxk"] == 0
+
+
+def test_jumprelu_fused_path_matches_separate_ste_functions():
+    from sae_minimal.jumprelu import jumprelu, step
+    sae = sm.JumpReLUSAE(8, 32, bandwidth=0.5, init_threshold=0.3)
+    x = torch.randn(64, 8)
+    out = sae(x)
+    out.loss.backward()
+    fused = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    pre = sae.pre_acts(x)
+    z = jumprelu(pre, sae.threshold, 0.5)
+    loss = mse(z @ sae.W_dec + sae.b_dec, x) + sae.l0_coeff * step(pre, sae.threshold, 0.5).sum(-1).mean()
+    loss.backward()
+    torch.testing.assert_close(out.latents, z)
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
