@@ -22,6 +22,7 @@ import time
 import torch
 
 import sae_minimal as sm
+from sae_minimal.train import make_adam
 
 SHAPES = [(256, 4096, 32, 4096), (768, 24576, 32, 1024)]   # d_in, d_sae, k, batch
 
@@ -47,7 +48,7 @@ def matmul_peak(device: str, n: int = 2048, reps: int = 5) -> float:
 def ours(variant: str, d_in: int, d_sae: int, k: int, device: str):
     sae = {"topk": lambda: sm.TopKSAE(d_in, d_sae, k=k), "jumprelu": lambda: sm.JumpReLUSAE(d_in, d_sae),
            "standard": lambda: sm.ReLUSAE(d_in, d_sae)}[variant]().to(device).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = make_adam(sae.parameters(), lr=1e-4)   # the optimiser train_sae uses
 
     def step(x):
         out = sae(x)

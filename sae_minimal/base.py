@@ -115,10 +115,14 @@ class BaseSAE(nn.Module):
 
     # --- shared forward pass --------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
-        """x [B, d_in] -> encoder pre-activations [B, d_sae]."""
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        return torch.addmm(self.b_enc, x, self.W_enc)
+        """x [B, d_in] -> encoder pre-activations [B, d_sae] = (x - b_dec) @ W_enc + b_enc."""
+        return torch.addmm(self._enc_bias(self.b_enc), x, self.W_enc)
+
+    def _enc_bias(self, bias: Tensor) -> Tensor:
+        """bias - b_dec @ W_enc [d_sae]. Folding b_dec into the bias (instead of computing x - b_dec) gives the
+        same pre-activations, but autograd then gets b_dec's gradient from a vector-matrix product instead of a
+        full [B, d_sae] x [d_sae, d_in] matmul -- a third of a TopK SAE's backward pass."""
+        return bias - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else bias
 
     def _flat(self, x: Tensor) -> Tensor:
         x = check_activations(x, self.d_in)

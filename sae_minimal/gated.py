@@ -42,9 +42,7 @@ class GatedSAE(BaseSAE):
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [B, d_in] -> (π_gate, π_mag), each [B, d_sae], sharing one matmul."""
-        if self.apply_b_dec_to_input:
-            x = x - self.b_dec
-        xw = x @ self.W_enc
+        xw = torch.addmm(self._enc_bias(torch.zeros_like(self.b_gate)), x, self.W_enc)   # (x - b_dec) @ W_enc
         # (x @ W) ⊙ exp(r) == x @ (W ⊙ exp(r)) since r scales whole columns
         return xw + self.b_gate, xw * self.r_mag.exp() + self.b_mag
 

@@ -87,6 +87,16 @@ def default_lr(d_sae: int) -> float:
     return min(4e-3, 2e-4 * math.sqrt(16384 / d_sae))
 
 
+def make_adam(params, **kw) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch build has it (one pass over each parameter's state
+    instead of several: measurably faster for large dictionaries), the default implementation otherwise."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, **kw)
+
+
 def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens: int | None = None,
               batch_size: int = 1024, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
               lr_warmup_steps: int | None = None, lr_decay_frac: float = 0.2,
@@ -145,7 +155,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     sparsity_warmup_steps = max(1, int((n_steps or 10_000) * sparsity_warmup_frac))
     log_every = log_every or max(1, (n_steps or 1000) // 200)
     dead_window = dead_window or getattr(sae, "dead_window", 100_000)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas)
+    opt = make_adam(sae.parameters(), lr=lr, betas=betas)
     history = History(input_scale=scale)
     sae.train()
 
