@@ -4,7 +4,8 @@
 
 "bare forward" runs the model to the hook with stop_at_layer and throws the activations away; "cache" is
 cache_activations writing safetensors shards (and meta.json) to a temporary folder. The ratio is what the
-store costs on top of the model.
+store costs on top of the model. Then a TopK SAE trains from the store's shuffled batches, and the time spent
+waiting for the next batch (the data path) is reported as a share of the training loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+import sae_minimal as sm
 from sae_minimal.activations import cache_activations, run_to_hook
 
 
@@ -49,11 +51,17 @@ def main() -> None:
     bare = n_tok / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        store = cache_activations(model, hook, tokens, tmp, batch_size=args.batch_size, progress=False)
+        store = cache_activations(model, hook, tokens, tmp, batch_size=args.batch_size, progress=False,
+                                  shard_rows=8192)
         cached = n_tok / (time.perf_counter() - t0)
         rows = len(store)
+        sae = sm.TopKSAE(store.d, 8 * store.d, k=32)
+        hist = sm.train_sae(sae, store.batches(batch_size=1024, buffer_rows=16384), batch_size=1024, progress=False)
     print(f"bare forward to the hook: {bare:10,.0f} tokens/s")
-    print(f"cache_activations:        {cached:10,.0f} tokens/s  ({cached / bare:.0%} of bare; {rows:,} rows stored, BOS dropped)")
+    print(f"cache_activations:        {cached:10,.0f} tokens/s  ({cached / bare:.0%} of bare; {rows:,} rows stored, "
+          f"BOS dropped, {len(store.meta['shards'])} shards)")
+    print(f"train_sae from store.batches(): {hist['seconds']:.1f} s, of which {hist['data_seconds']:.2f} s "
+          f"({hist['data_seconds'] / hist['seconds']:.1%}) waiting for batches (shard reads + shuffling buffer)")
 
 
 if __name__ == "__main__":

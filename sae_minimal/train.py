@@ -14,6 +14,7 @@ What it does, in order (each step named where it happens below):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -26,7 +27,8 @@ from .metrics import fvu, l0
 
 class History(dict):
     """Training curves: a dict of equal-length lists ("step", "tokens", "loss", "mse", "fvu", "l0",
-    "dead_frac", "lr", one entry per loss term), plus "input_scale" (float)."""
+    "dead_frac", "lr", one entry per loss term), plus floats "input_scale", "seconds" (wall time of the loop)
+    and "data_seconds" (of which spent waiting for the next batch: the data path)."""
 
     def plot(self, keys: tuple[str, ...] = ("loss", "fvu", "l0", "dead_frac"), ax=None):
         """One small panel per key against tokens seen. Returns the matplotlib figure."""
@@ -160,10 +162,13 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     sae.train()
 
     bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}", unit="step")
-    tokens, step = 0, 0
+    tokens, step, data_seconds, t_start = 0, 0, 0.0, time.perf_counter()
     try:
-        for batch in stream:
-            if n_steps is not None and step >= n_steps:
+        while n_steps is None or step < n_steps:
+            t_fetch = time.perf_counter()
+            batch = next(stream, None)
+            data_seconds += time.perf_counter() - t_fetch
+            if batch is None:
                 break
             x = check_activations(batch, sae.d_in, name=f"batch {step}").reshape(-1, sae.d_in)
             x = x.to(device=device, dtype=sae.W_dec.dtype) * scale
@@ -192,6 +197,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             bar.update(1)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
+        history["seconds"] = time.perf_counter() - t_start
+        history["data_seconds"] = data_seconds  # time spent waiting for batches (the data path)
         sae.fold_input_scale(scale)
         sae.trained_tokens = getattr(sae, "trained_tokens", 0) + tokens
         sae.sparsity_warmup = 1.0

@@ -92,6 +92,7 @@ def test_trains_from_an_iterator_of_batches():
     sae = sm.TopKSAE(16, 32, k=4)
     hist = sm.train_sae(sae, iter(x.split(128)), progress=False, log_every=1)
     assert hist["tokens"][-1] == 4096
+    assert 0 <= hist["data_seconds"] < hist["seconds"]
 
 
 def test_continuing_training_keeps_units_consistent():
