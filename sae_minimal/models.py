@@ -36,8 +36,8 @@ def banner(name: str, reason: str) -> str:
         lines = [f"MODEL IN USE: the bundled stand-in '{STANDIN_NAME}' -- NOT GPT-2 small.",
                  f"  4 layers, d_model 256, 4k-token BPE, trained on Shakespeare (held-out loss "
                  f"{stats.get('held_out_loss', float('nan')):.2f} nats/token).",
-                 "  Expect the same qualitative SAE behaviour, but FVU, CE-loss recovered, dead fractions and",
-                 "  the latents themselves differ from GPT-2 results in the chapter and the papers."]
+                 "  SAE numbers on it (FVU, CE loss recovered, dead fractions) and the latents themselves",
+                 "  are NOT comparable with the GPT-2 results quoted in the chapter and the papers."]
     lines.append(f"  why: {reason}")
     width = max(map(len, lines)) + 4
     return "\n".join(["#" * width, *(f"# {line:<{width - 4}} #" for line in lines), "#" * width])
@@ -57,8 +57,9 @@ def standin_tokenizer():
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the stand-in model is not installed. Rebuild it with "
                                 "`python scripts/build_standin.py`.")
+    # add_bos_token / name_or_path: transformer-lens otherwise tries to re-download the tokenizer by name
     return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>")
+                                   pad_token="<|endoftext|>", add_bos_token=True, name_or_path=str(STANDIN_DIR))
 
 
 def load_standin(device: str | torch.device = "cpu"):

@@ -110,7 +110,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     Args:
         activations: a tensor [N, d_in] (any leading dims; shuffled each epoch) or an iterable of
                      [batch, d_in] tensors (e.g. ``sae_minimal.activations``'s shuffling buffer).
-        n_tokens:    training tokens; default one pass over a tensor, or the whole iterable.
+        n_tokens:    training tokens; default one pass over a tensor, or the whole iterable. The LR schedule
+                     assumes n_tokens / batch_size steps, so with an iterator pass its batch size too.
         lr:          Adam learning rate; default ``default_lr(d_sae)``.
         normalize:   train on x·s with s = √d_in / E||x||; s is folded into the SAE at the end.
         b_dec_init:  "geometric_median", "mean" or "zeros" (skipped when continuing training).
@@ -164,7 +165,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}", unit="step")
     tokens, step, data_seconds, t_start = 0, 0, 0.0, time.perf_counter()
     try:
-        while n_steps is None or step < n_steps:
+        while n_tokens is None or tokens < n_tokens:   # count tokens: an iterator's batches may differ in size
             t_fetch = time.perf_counter()
             batch = next(stream, None)
             data_seconds += time.perf_counter() - t_fetch
