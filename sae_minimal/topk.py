@@ -37,8 +37,8 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor 
 
 
 # Sparse decoding wins once few enough latents are active; measured crossover on a 2-core CPU (see
-# benchmarks/bench_train.py --decode): dense below about 1 active latent in 16.
-SPARSE_DECODE_MAX_FRACTION = 1 / 16
+# benchmarks/bench_train.py --decode, d_in 768, k 32): 0.9x at k/d_sae = 1/16, 2.0x at 1/32, 15x at 1/768.
+SPARSE_DECODE_MAX_FRACTION = 1 / 32
 
 
 def check_k(k: int, d_sae: int, name: str = "k") -> int:
