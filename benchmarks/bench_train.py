@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--repeats 5] [--quick]
     python benchmarks/bench_train.py --decode        # sparse vs dense TopK decoding, crossover and speed-up
+    python benchmarks/bench_train.py --matmuls       # share of the step in matmuls, and their GFLOP/s
 
 One training step = forward, loss, backward, optimiser step, and each library's own bookkeeping:
   sae_minimal: sae(x) -> loss.backward() -> project decoder grads -> clip -> Adam -> renormalise decoder
@@ -127,6 +128,30 @@ def bench_train(args) -> None:
             del a, b
 
 
+def bench_matmul_share(args) -> None:
+    """How fast do the dense parts run? Profile one step and time the matmuls (aten::mm / addmm) alone."""
+    import torch.profiler as tp
+
+    peak = matmul_peak(args.device)
+    d_in, d_sae, k, batch = SHAPES[-1]
+    x = torch.randn(batch, d_in, device=args.device)
+    # matmuls a step executes, in units of 2·B·d_in·d_sae FLOPs: encoder and decoder forward, W_enc, W_dec and
+    # latent gradients (b_dec's gradient is a vector product); TopK decodes sparsely: encoder forward + W_enc grad
+    units = {"standard": 5, "jumprelu": 5, "topk": 2}
+    print(f"d_in {d_in} x d_sae {d_sae}, batch {batch}; matmul peak {peak:.0f} GFLOP/s\n")
+    for variant, n in units.items():
+        step = ours(variant, d_in, d_sae, k, args.device)
+        step(x), step(x)
+        with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            step(x)
+            total = time.perf_counter() - t0
+        mm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm")) / 1e6
+        rate = n * 2 * batch * d_in * d_sae / mm / 1e9
+        print(f"{variant:<9} step {total:5.2f} s; matmuls {mm:5.2f} s ({mm / total:4.0%} of the step) at "
+              f"{rate:4.0f} GFLOP/s = {rate / peak:4.0%} of peak")
+
+
 def bench_decode(args) -> None:
     """Forward + backward of the decoder alone, sparse (embedding bag) vs dense, across d_sae."""
     from sae_minimal.topk import sparse_decode
@@ -161,8 +186,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="only the small shape")
     ap.add_argument("--decode", action="store_true", help="benchmark sparse vs dense TopK decoding instead")
+    ap.add_argument("--matmuls", action="store_true", help="profile how fast the dense parts (matmuls) run")
     args = ap.parse_args()
-    (bench_decode if args.decode else bench_train)(args)
+    (bench_decode if args.decode else bench_matmul_share if args.matmuls else bench_train)(args)
 
 
 if __name__ == "__main__":
