@@ -20,10 +20,16 @@ from torch import Tensor
 from .base import BaseSAE, mse
 
 
+def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(ReLU'd values, indices), each [B, k]: the k largest entries of each row of pre [B, d_sae]."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return values.relu(), indices
+
+
 def topk_relu(pre: Tensor, k: int) -> Tensor:
     """Keep the k largest entries of each row of pre [B, d_sae], ReLU them, zero the rest."""
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+    values, indices = topk_select(pre, k)
+    return torch.zeros_like(pre).scatter_(-1, indices, values)
 
 
 def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
@@ -64,8 +70,8 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int, d
     k = min(k_aux, n_dead)
     dead_pre = pre.masked_fill(~dead, float("-inf"))
     e = (x - x_hat).detach()                     # the main model is not trained by this term
-    values, indices = dead_pre.topk(k, dim=-1, sorted=False)
-    e_hat = sparse_decode(indices, values.relu(), sae.W_dec)   # no b_dec: it is already in x_hat
+    values, indices = topk_select(dead_pre, k)
+    e_hat = sparse_decode(indices, values, sae.W_dec)   # no b_dec: it is already in x_hat
     return coeff * min(n_dead / k_aux, 1.0) * mse(e_hat, e)
 
 
@@ -105,8 +111,7 @@ class TopKSAE(BaseSAE):
         if not self.uses_sparse_decode():
             return super().forward_flat(x)
         pre = self.pre_acts(x)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
-        values = values.relu()
+        values, indices = topk_select(pre, self.k)
         latents = torch.zeros_like(pre).scatter(-1, indices, values)   # dense copy for metrics and losses
         return latents, pre, sparse_decode(indices, values, self.W_dec, self.b_dec)
 
