@@ -42,6 +42,47 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor 
     return out + b_dec if b_dec is not None else out
 
 
+class _TopKEncode(torch.autograd.Function):
+    """pre = x @ W_enc + bias, then the TopK selection: returns (ReLU'd values [B, k], indices [B, k], pre [B, d_sae]).
+
+    The backward exploits sparsity: when nothing downstream used ``pre`` itself (AuxK is idle), the loss depends on
+    the k selected pre-activations per row only, so W_enc's gradient is accumulated from those B·k columns
+    (B·k·d_in work) instead of the dense x^T @ G matmul (B·d_in·d_sae). When AuxK did use ``pre``, the gradient is
+    dense anyway and the ordinary matmul is used.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, bias: Tensor, k: int):
+        pre = torch.addmm(bias, x, W_enc)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        values = values.relu()
+        ctx.save_for_backward(x, W_enc, indices, values > 0)
+        ctx.mark_non_differentiable(indices)
+        ctx.set_materialize_grads(False)
+        return values, indices, pre
+
+    @staticmethod
+    def backward(ctx, grad_values, grad_indices, grad_pre):
+        x, W_enc, indices, active = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        g_sel = grad_values * active if grad_values is not None else None          # [B, k]: ReLU's mask
+        if grad_pre is not None:                                                  # dense path (AuxK used pre)
+            G = grad_pre.clone() if g_sel is None else grad_pre.scatter_add(1, indices, g_sel)
+            grad_W = x.T @ G if ctx.needs_input_grad[1] else None
+            grad_x = G @ W_enc.T if ctx.needs_input_grad[0] else None
+            return grad_x, grad_W, G.sum(0), None
+        if g_sel is None:
+            return None, None, None, None
+        flat_idx, flat_g = indices.reshape(-1), g_sel.reshape(-1)
+        grad_bias = torch.zeros(d_sae, dtype=g_sel.dtype, device=g_sel.device).index_add_(0, flat_idx, flat_g)
+        grad_W = None
+        if ctx.needs_input_grad[1]:  # grad_W[:, j] = Σ_{(b,i): idx=j} g[b,i] · x[b]
+            rows = x.repeat_interleave(indices.shape[1], dim=0) * flat_g[:, None]
+            grad_W = torch.zeros(d_sae, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, flat_idx, rows).T
+        grad_x = sparse_decode(indices, g_sel, W_enc.T.contiguous()) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_W, grad_bias, None
+
+
 # Sparse decoding wins once few enough latents are active; measured crossover on a 2-core CPU (see
 # benchmarks/bench_train.py --decode, d_in 768, k 32): 0.9x at k/d_sae = 1/16, 2.0x at 1/32, 15x at 1/768.
 SPARSE_DECODE_MAX_FRACTION = 1 / 32
@@ -110,9 +151,8 @@ class TopKSAE(BaseSAE):
     def forward_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if not self.uses_sparse_decode():
             return super().forward_flat(x)
-        pre = self.pre_acts(x)
-        values, indices = topk_select(pre, self.k)
-        latents = torch.zeros_like(pre).scatter(-1, indices, values)   # dense copy for metrics and losses
+        values, indices, pre = _TopKEncode.apply(x, self.W_enc, self._enc_bias(self.b_enc), self.k)
+        latents = torch.zeros_like(pre).scatter(-1, indices, values.detach())   # dense copy for metrics
         return latents, pre, sparse_decode(indices, values, self.W_dec, self.b_dec)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:

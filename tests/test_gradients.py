@@ -92,3 +92,32 @@ def test_topk_sae_sparse_and_dense_paths_agree():
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-4, atol=1e-5, msg=name)
     assert sm.TopKSAE(16, 512, k=4).uses_sparse_decode() and not sm.TopKSAE(16, 32, k=4).uses_sparse_decode()
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["auxk-idle", "auxk-active"])
+def test_topk_sparse_encoder_backward_matches_dense(dead):
+    x = torch.randn(64, 16, dtype=torch.float64)
+    saes = [sm.TopKSAE(16, 512, k=4, k_aux=8, dead_window=10, seed=0, dtype=torch.float64) for _ in range(2)]
+    saes[0].decode_sparsely, saes[1].decode_sparsely = True, False
+    for sae in saes:
+        g = torch.Generator().manual_seed(1)   # the same non-zero biases for both SAEs
+        with torch.no_grad():
+            sae.b_dec.copy_(torch.randn(16, generator=g, dtype=torch.float64))
+            sae.b_enc.copy_(0.1 * torch.randn(512, generator=g, dtype=torch.float64))
+        sae.train()
+        if dead:
+            sae.tokens_since_fired[:256] = 100
+        sae(x).loss.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(saes[0], name).grad, getattr(saes[1], name).grad, rtol=1e-9, atol=1e-10,
+                                   msg=name)
+
+
+def test_topk_encode_gradcheck():
+    from sae_minimal.topk import _TopKEncode
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 40, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, W, b: _TopKEncode.apply(x, W, b, 3)[0], (x, W, b))
+    assert torch.autograd.gradcheck(lambda x, W, b: _TopKEncode.apply(x, W, b, 3)[0].sum() + _TopKEncode.apply(
+        x, W, b, 3)[2].pow(2).sum(), (x, W, b))
