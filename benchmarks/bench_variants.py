@@ -44,6 +44,7 @@ def main() -> None:
         "Gated": lambda: sm.GatedSAE(64, args.d_sae),
         "Matryoshka": lambda: sm.MatryoshkaSAE(64, args.d_sae, k=6),
     }
+    sm.train_sae(sm.ReLUSAE(64, args.d_sae), train, n_tokens=50_000, progress=False)  # warm-up: one-time costs
     header = f"{'variant':<12}{'tokens/s':>10}{'FVU':>8}{'L0':>7}{'dead':>7}{'recovered':>11}{'MMCS':>7}{'mag ratio':>11}"
     print(header)
     print("-" * len(header))
