@@ -129,7 +129,8 @@ class BaseSAE(nn.Module):
         return x.reshape(-1, self.d_in).to(self.W_enc.dtype)
 
     def encode_flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, d_in] (already checked) -> (latents [B, d_sae], pre-activations [B, d_sae])."""
+        """x [B, d_in] (already checked) -> (latents [B, d_sae], pre): ``pre`` is whatever ``loss_terms`` needs --
+        the pre-activations [B, d_sae] here; Gated passes π_gate, JumpReLU (pre, per-row L0)."""
         pre = self.pre_acts(x)
         return self.activation(pre), pre
 
