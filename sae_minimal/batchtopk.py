@@ -5,8 +5,10 @@ Inference:  f = pre · 1[pre > θ]              a JumpReLU with one global thres
 
 Relaxing TopK from "k per input" to "k on average over the batch" lets easy inputs use fewer latents
 and hard ones more. At inference the batch is gone, so θ is estimated during training as a running
-average of the smallest activation BatchTopK kept (sec. 3 of the paper). The loss is reconstruction
-plus AuxK, exactly as for TopK.
+average of the smallest activation BatchTopK kept (sec. 3 of the paper), and re-estimated with the
+final weights when training ends (``calibrate_threshold``): in short runs the activations drift faster
+than the running average follows, which left the inference L0 at about half of k on the stand-in.
+The loss is reconstruction plus AuxK, exactly as for TopK.
 
 Saved in SAELens's format as a ``jumprelu`` SAE (threshold θ for every latent): that *is* its
 inference-time computation.
@@ -64,3 +66,16 @@ class BatchTopKSAE(TopKSAE):
         else:
             m = self.threshold_momentum
             self.threshold.mul_(m).add_((1 - m) * smallest)
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:
+        """Set θ from the final weights: the mean, over batches of ``x`` [N, d_in] (training units), of the
+        smallest activation BatchTopK keeps -- the paper's estimate without the running average's lag."""
+        smallest = []
+        for batch in x.split(batch_size):
+            latents = batch_topk_relu(self.pre_acts(batch), self.k)
+            kept = latents[latents > 0]
+            if kept.numel():
+                smallest.append(kept.min())
+        if smallest:
+            self.threshold.fill_(float(torch.stack(smallest).mean()))

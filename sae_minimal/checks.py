@@ -347,3 +347,112 @@ def check_recovery_score(fn: Callable[[Tensor, Tensor, float], tuple[float, floa
         _fail(name, f"frac_recovered should be {want[1]:.2f} (fraction of true features whose best cosine > 0.9), "
                     f"got {fr:.2f}.")
     _passed(name, f"mmcs {want[0]:.3f}, recovered {want[1]:.0%} on a case with unnormalised and flipped decoder rows")
+
+
+# --- Notebook 05: ablation through the SAE ------------------------------------------------------------
+def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
+    from .topk import TopKSAE
+
+    sae = TopKSAE(d_in, d_sae, k=k, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():   # untie encoder and decoder, so W_enc[:, i] and W_dec[i] differ
+        sae.W_enc.add_(0.5 * torch.randn(sae.W_enc.shape, generator=gen))
+        sae.b_dec.copy_(torch.randn(d_in, generator=gen))
+    return sae.eval()
+
+
+def check_ablate_latent(fn: Callable) -> None:
+    """fn(x [B, d_in], sae, latent) -> [B, d_in]: x with latent ``latent``'s contribution f_i(x)·d_i removed,
+    the SAE's error term kept."""
+    name = "check_ablate_latent"
+    gen = torch.Generator().manual_seed(0)
+    sae = _random_sae(8, 32, 4, seed=0)
+    x = torch.randn(64, 8, generator=gen) * 3
+    with torch.no_grad():
+        f = sae.encode(x)
+    latents = [int(f.gt(0).sum(0).argmax()), int(f.gt(0).sum(0).argmin())]   # a busy latent and a rare one
+    for latent in latents:
+        x_in = x.clone()
+        with torch.no_grad():
+            out = _call(name, fn, x_in, sae, latent)
+        if not torch.equal(x_in, x):
+            _fail(name, "your function changed its input x in place: return a new tensor (x - ... or x.clone()), "
+                        "the caller still needs the clean activations.")
+        out = _as_tensor(name, out, x).detach()
+        want = x - f[:, latent, None] * sae.W_dec[latent].detach()
+        if torch.allclose(out, want, atol=1e-4):
+            continue
+        with torch.no_grad():
+            f_zeroed = f.clone()
+            f_zeroed[:, latent] = 0
+            without_error = sae.decode(f_zeroed)
+        if torch.allclose(out, without_error, atol=1e-4):
+            _fail(name, "you returned the SAE's reconstruction with the latent zeroed, dropping the error term "
+                        "x - x̂. Add it back: the experiment must change only what the latent contributes.")
+        if torch.allclose(out, x - sae.W_dec[latent].detach(), atol=1e-4):
+            _fail(name, "you subtracted the decoder direction d_i itself: scale it by the latent's activation "
+                        "f_i(x) (per row; rows where the latent does not fire must stay unchanged).")
+        if torch.allclose(out, x - f[:, latent, None] * sae.W_enc[:, latent].detach(), atol=1e-4):
+            _fail(name, "you used the encoder column W_enc[:, i]: the latent writes into the activation along its "
+                        "*decoder* direction W_dec[i].")
+        unchanged = f[:, latent] == 0
+        if not torch.allclose(out[unchanged], x[unchanged], atol=1e-4):
+            _fail(name, "rows where the latent does not fire changed: there f_i(x) = 0, so ablation is a no-op.")
+        _fail(name, f"for latent {latent}, expected x - f_i(x)·W_dec[i]; the largest difference is "
+                    f"{float((out - want).abs().max()):.3g}.")
+    _passed(name, f"latents {latents}: only f_i(x)·d_i removed, error term kept, input untouched")
+
+
+# --- Notebook 06: the Matryoshka loss ------------------------------------------------------------------
+def _matryoshka_reference(x, latents, W_dec, b_dec, prefix_sizes, *, from_end=False, reduce="sum", per_elem=False):
+    terms = []
+    for m in prefix_sizes:
+        sl = slice(latents.shape[1] - m, None) if from_end else slice(0, m)
+        err = (latents[:, sl] @ W_dec[sl] + b_dec - x).pow(2)
+        terms.append(err.mean() if per_elem else err.sum(-1).mean())
+    terms = torch.stack(terms)
+    return terms.sum() if reduce == "sum" else terms.mean()
+
+
+def check_matryoshka_loss(fn: Callable) -> None:
+    """fn(x [B, d_in], latents [B, d_sae], W_dec [d_sae, d_in], b_dec [d_in], prefix_sizes) -> scalar:
+    Σ_m  mean_b ||x_b - (latents[b, :m] @ W_dec[:m] + b_dec)||²  over the prefix sizes m (the last is d_sae)."""
+    name = "check_matryoshka_loss"
+    gen = torch.Generator().manual_seed(0)
+    B, d_in, d_sae = 16, 6, 24
+    x = torch.randn(B, d_in, generator=gen)
+    latents = torch.randn(B, d_sae, generator=gen).relu()
+    W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
+    b_dec = torch.randn(d_in, generator=gen)
+    sizes = [3, 8, 24]
+    got = _call(name, fn, x, latents, W_dec, b_dec, sizes)
+    if not isinstance(got, Tensor) or got.numel() != 1:
+        _fail(name, f"return a scalar tensor (one loss for the batch), got {got!r}.")
+    got = float(got)
+    want = float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes))
+    if math.isclose(got, want, rel_tol=1e-4):
+        _passed(name, f"{len(sizes)} nested prefixes {sizes}: loss {want:.4f}")
+        return
+    wrong = {
+        "only the full dictionary": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes[-1:])),
+        "averaged over prefixes": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, reduce="mean")),
+        "last m latents": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, from_end=True)),
+        "no b_dec": float(_matryoshka_reference(x, latents, W_dec, torch.zeros(d_in), sizes)),
+        "per element": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, per_elem=True)),
+    }
+    hints = {
+        "only the full dictionary": "you only counted the full reconstruction: add one term per prefix size m, "
+                                    "each reconstructing x from the first m latents alone.",
+        "averaged over prefixes": "you averaged the prefix losses: Bussmann et al. (2025) sum them (each prefix is "
+                                  "trained as a full SAE).",
+        "last m latents": "you used the *last* m latents: a Matryoshka prefix is the *first* m latents "
+                          "(latents[:, :m] with W_dec[:m]).",
+        "no b_dec": "every prefix reconstruction includes the decoder bias: x̂_m = latents[:, :m] @ W_dec[:m] + b_dec.",
+        "per element": "you averaged over d_in as well (F.mse_loss's default): sum the squared error over d_in, "
+                       "average over the batch.",
+    }
+    for key, value in wrong.items():
+        if math.isclose(got, value, rel_tol=1e-4):
+            _fail(name, hints[key])
+    _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the batch of "
+                "||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")

@@ -13,6 +13,7 @@ the unembedding); and the nearest latents by decoder cosine.
 from __future__ import annotations
 
 import base64
+import copy
 import html
 import io
 import os
@@ -43,6 +44,26 @@ class LatentContext:
 
     def token_str(self, token_id: int) -> str:
         return decode_token(self.model, token_id)
+
+    def with_sae(self, sae) -> "LatentContext":
+        """The same tokens and activations read through another SAE (no new forward pass)."""
+        other = copy.copy(self)
+        other.sae = sae
+        return other
+
+
+def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -> list[str]:
+    """Plain-text top activations of ``latent``, one per window: "activation  ...context[token]" (newlines as ⏎)."""
+    acts = ctx.latent_acts(latent)
+    best = acts.max(dim=1)
+    lines = []
+    for row in best.values.argsort(descending=True)[:n].tolist():
+        value, pos = float(best.values[row]), int(best.indices[row])
+        if value <= 0:
+            break
+        left = "".join(ctx.token_str(t) for t in ctx.tokens[row, max(1, pos - before):pos])
+        lines.append(f"{value:6.2f}  ...{left}[{ctx.token_str(ctx.tokens[row, pos])}]".replace("\n", "⏎"))
+    return lines
 
 
 def decode_token(model, token_id: int) -> str:

@@ -51,6 +51,10 @@ class MatryoshkaSAE(BatchTopKSAE):
             return topk_relu(pre, self.k)
         return super().activation(pre)
 
+    def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:
+        if self.inner == "batchtopk":   # with per-row TopK there is no threshold to estimate
+            super().calibrate_threshold(x, batch_size)
+
     def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
         losses = {}
         recon, start = self.b_dec.expand_as(x), 0

@@ -49,6 +49,21 @@ def dead_fraction(latents_or_density: Tensor) -> float:
     return float((density == 0).float().mean())
 
 
+def relative_reconstruction_bias(x: Tensor, x_hat: Tensor, center: Tensor | None = None) -> float:
+    """γ = E||x̂||² / E[x̂·x], the γ that minimises E||x̂/γ - x||² (Rajamanoharan et al. 2024a, Gated SAEs, sec. 5.1).
+
+    γ < 1: reconstructions are systematically too short (shrinkage); γ = 1: no bias in their length.
+    ``center`` [d_in] (e.g. the data mean) is subtracted from both first: in a residual stream a large shared
+    offset makes every x̂ look unbiased, so measuring around the mean isolates the latents' part.
+    """
+    x, x_hat = _flat(x), _flat(x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but x_hat has shape {tuple(x_hat.shape)}.")
+    if center is not None:
+        x, x_hat = x - center.float(), x_hat - center.float()
+    return float(x_hat.pow(2).sum() / (x_hat * x).sum().clamp_min(1e-12))
+
+
 def cosine_matrix(W_a: Tensor, W_b: Tensor) -> Tensor:
     """[n_a, n_b] cosine similarity between the rows of W_a [n_a, d] and W_b [n_b, d]."""
     if W_a.shape[-1] != W_b.shape[-1]:

@@ -196,6 +196,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
+        if hasattr(sae, "calibrate_threshold") and step > 0:   # BatchTopK: θ from the final weights
+            sae.calibrate_threshold(sample * scale, batch_size)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         history["seconds"] = time.perf_counter() - t_start

@@ -157,3 +157,56 @@ def test_recovery_score():
         best = (D @ W.T).max(1).values
         return float(best.mean()), float((best > th).float().mean())
     fails_with(checks.check_recovery_score, dots, "not cosines")
+
+
+# --- Notebook 05: ablation ---
+def test_ablate_latent():
+    def good(x, sae, i):
+        return x - sae.encode(x)[:, i, None] * sae.W_dec[i]
+
+    def via_error(x, sae, i):  # the other correct route: decode with the latent zeroed, add the error back
+        f = sae.encode(x)
+        g = f.clone()
+        g[:, i] = 0
+        return sae.decode(g) + (x - sae.decode(f))
+
+    checks.check_ablate_latent(good)
+    checks.check_ablate_latent(via_error)
+
+    def no_error(x, sae, i):
+        f = sae.encode(x)
+        f[:, i] = 0
+        return sae.decode(f)
+
+    def in_place(x, sae, i):
+        x -= sae.encode(x)[:, i, None] * sae.W_dec[i]
+        return x
+
+    fails_with(checks.check_ablate_latent, no_error, "error term")
+    fails_with(checks.check_ablate_latent, lambda x, sae, i: x - sae.W_dec[i], "scale it")
+    fails_with(checks.check_ablate_latent, lambda x, sae, i: x - sae.encode(x)[:, i, None] * sae.W_enc[:, i], "decoder")
+    fails_with(checks.check_ablate_latent, in_place, "in place")
+
+
+# --- Notebook 06: Matryoshka loss ---
+def test_matryoshka_loss():
+    from sae_minimal.checks import _matryoshka_reference as ref
+
+    checks.check_matryoshka_loss(ref)
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s[-1:]), "only counted")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, reduce="mean"), "sum them")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, from_end=True), "first")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b * 0, s), "decoder bias")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, per_elem=True), "d_in")
+
+
+def test_matryoshka_reference_matches_the_library():
+    """The checker's reference is the library's loss: MatryoshkaSAE's prefix MSE terms summed."""
+    import sae_minimal as sm
+    from sae_minimal.checks import _matryoshka_reference as ref
+
+    sae = sm.MatryoshkaSAE(6, 24, k=4, prefix_sizes=[3, 8], activation="topk").eval()
+    x = torch.randn(16, 6)
+    out = sae(x)
+    mse_terms = sum(v for k, v in out.losses.items() if k.startswith("mse"))
+    assert torch.allclose(mse_terms, ref(x, out.latents, sae.W_dec, sae.b_dec, [3, 8, 24]), rtol=1e-5)

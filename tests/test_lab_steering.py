@@ -1,0 +1,165 @@
+"""The notebooks' LM lab (cache once, train once, never reuse the wrong thing), steering and ablation helpers with
+known answers, feature-splitting helpers, the shrinkage metric and BatchTopK's inference threshold."""
+
+import os
+
+import pytest
+import torch
+
+import sae_minimal as sm
+from sae_minimal.metrics import relative_reconstruction_bias
+from sae_minimal.splitting import children, firing_recall, nearest
+
+pytest.importorskip("transformer_lens")
+
+
+# --- metrics and BatchTopK ---------------------------------------------------------------------------------------
+def test_relative_reconstruction_bias_known_values():
+    x = torch.randn(500, 16) + 5.0
+    assert relative_reconstruction_bias(x, x) == pytest.approx(1.0)
+    centre = x.mean(0)
+    shrunk = centre + 0.5 * (x - centre)                 # every reconstruction half as long around the mean
+    assert relative_reconstruction_bias(x, shrunk, center=centre) == pytest.approx(0.5, rel=1e-5)
+    assert relative_reconstruction_bias(x, shrunk) > 0.9  # uncentred, the shared offset hides the shrinkage
+    with pytest.raises(ValueError, match="shape"):
+        relative_reconstruction_bias(x, x[:, :8])
+
+
+def test_batchtopk_inference_l0_matches_k_after_short_training(easy_data):
+    sae = sm.BatchTopKSAE(64, 256, k=6)
+    sm.train_sae(sae, easy_data.activations[:30_000], n_tokens=30_000, batch_size=512, progress=False)
+    with torch.no_grad():
+        l0 = sm.metrics.l0(sae(easy_data.activations[-5000:]).latents)
+    assert 0.8 * 6 < l0 < 1.25 * 6, f"inference L0 {l0:.2f} should be close to k=6"
+
+
+# --- splitting -------------------------------------------------------------------------------------------------
+class _Fixed:
+    """A stand-in 'SAE' whose latents are given columns of x (firing where positive)."""
+
+    def __init__(self, columns):
+        self.columns = columns
+
+    def encode(self, x):
+        return x[:, self.columns].relu()
+
+
+def test_children_and_nearest_known_family():
+    e = torch.eye(6)
+    parents = e[:2]                                                  # two narrow latents: e0, e1
+    wide = torch.stack([e[0] + 0.3 * e[2], e[0] + 0.3 * e[3], e[1], e[4]])
+    family = children(parents, wide, min_cos=0.5)
+    assert sorted(k for k, _ in family[0]) == [0, 1] and [k for k, _ in family[1]] == [2]
+    assert 3 not in {k for kids in family.values() for k, _ in kids}   # e4 matches nothing
+    cos, idx = nearest(wide, parents)
+    assert idx.tolist()[:3] == [0, 0, 1] and cos[2] == pytest.approx(1.0)
+
+
+def test_firing_recall_known_answer():
+    x = torch.tensor([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    a, b = _Fixed([0, 0]), _Fixed([1, 0])
+    recall = firing_recall(a, torch.tensor([0, 1]), b, torch.tensor([0, 1]), x)
+    assert recall.tolist() == pytest.approx([2 / 3, 1.0])           # a0 fires on rows 0-2, b0 on rows 0, 2, 3
+
+
+# --- steering and ablation on the stand-in -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def standin():
+    from sae_minimal.models import load_standin
+    from sae_minimal.text import corpus_tokens
+
+    model = load_standin()
+    return model, corpus_tokens(model.tokenizer, "held_out", 32, n_windows=6, seed=0)
+
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+def test_generate_is_reproducible_and_alpha_zero_is_unsteered(standin):
+    from sae_minimal.steering import generate, random_direction
+
+    model, tokens = standin
+    prompts = tokens[:, :8]
+    a = generate(model, prompts, 5, seed=3)
+    b = generate(model, prompts, 5, hook_name=HOOK, direction=random_direction(256), alpha=0.0, seed=3)
+    assert torch.equal(a, b) and torch.equal(a[:, :8], prompts) and a.shape == (6, 13)
+    c = generate(model, prompts, 5, hook_name=HOOK, direction=random_direction(256), alpha=200.0, seed=3)
+    assert not torch.equal(a, c), "a huge steering vector must change the samples"
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, prompts, 2, temperature=0)
+
+
+def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
+    from sae_minimal.steering import concept_logprob
+
+    model, tokens = standin
+    concept = torch.tensor([100, 200])
+    direction = model.W_U[:, concept].sum(-1)
+    direction = direction / direction.norm()
+    base = concept_logprob(model, tokens, concept)
+    steered = concept_logprob(model, tokens, concept, hook_name=HOOK, direction=direction, alpha=40.0)
+    assert (steered > base).all()
+
+
+def test_ablation_effect_known_answers(standin):
+    from sae_minimal.steering import ablate_latent, ablation_effect, clean_token_ce
+
+    model, tokens = standin
+    sae = sm.TopKSAE(256, 512, k=8).eval()
+    x = torch.randn(10, 256) * 20
+    latent = int(sae.encode(x).gt(0).sum(0).argmax())
+    expected = x - sae.encode(x)[:, latent, None] * sae.W_dec[latent]
+    assert torch.allclose(ablate_latent(x, sae, latent), expected)
+
+    from sae_minimal.activations import run_to_hook
+    acts = run_to_hook(model, tokens, HOOK)
+    busy = int(sae.encode(acts[:, 1:-1]).gt(0).flatten(0, 1).sum(0).argmax())
+    with torch.no_grad():
+        sae.W_dec[busy] = 0.0                      # removing a zero direction changes nothing...
+    effect = ablation_effect(model, sae, HOOK, tokens, busy, clean_ce=clean_token_ce(model, tokens))
+    assert len(effect["ablation"]) > 0
+    assert effect["ablation"].abs().max() < 1e-4
+    assert effect["control"].abs().max() == 0.0   # ...and the control's norm is matched to ||d_i|| = 0
+
+
+# --- the lab -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    from sae_minimal.lab import Lab
+
+    old = os.environ.get("SAE_MINIMAL_CACHE")
+    os.environ["SAE_MINIMAL_CACHE"] = str(tmp_path_factory.mktemp("lab_cache"))
+    try:
+        yield Lab("standin", fast=True, verbose=False)
+    finally:
+        if old is None:
+            os.environ.pop("SAE_MINIMAL_CACHE")
+        else:
+            os.environ["SAE_MINIMAL_CACHE"] = old
+
+
+def _make(seed):
+    return sm.TopKSAE(256, 512, k=8, seed=seed)
+
+
+def test_lab_trains_once_then_loads_the_same_sae(lab):
+    first = lab.sae("t", _make, n_tokens=8192, progress=False)
+    assert first.history is not None and first.cache_path.is_dir()
+    again = lab.sae("t", _make, n_tokens=8192, progress=False)
+    assert again.history is None and again.cache_path == first.cache_path
+    assert torch.equal(again.W_dec, first.W_dec)
+    other_seed = lab.sae("t", _make, n_tokens=8192, seed=1, progress=False)
+    longer = lab.sae("t", _make, n_tokens=16384, progress=False)
+    assert len({first.cache_path, other_seed.cache_path, longer.cache_path}) == 3, "settings must not collide"
+    assert not torch.equal(other_seed.W_dec, first.W_dec)
+    metrics = lab.evaluate(first)
+    assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["fvu"] < 1 and 0 < metrics["ce_recovered"] <= 1.01
+
+
+def test_lab_moves_a_corrupt_checkpoint_aside_and_retrains(lab, capsys):
+    sae = lab.sae("c", _make, n_tokens=4096, progress=False)
+    (sae.cache_path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
+    again = lab.sae("c", _make, n_tokens=4096, progress=False)
+    assert again.history is not None, "a corrupt cache entry must be retrained"
+    assert "could not be loaded" in capsys.readouterr().out
+    assert list(sae.cache_path.parent.glob(sae.cache_path.name + ".unreadable-*")), "the bad files are kept aside"
