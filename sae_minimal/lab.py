@@ -76,6 +76,7 @@ class Lab:
     def __init__(self, model_name: str | None = None, *, fast: bool | None = None, expansion: int = 8,
                  device: str | torch.device = "cpu", verbose: bool = True):
         self.fast = is_fast() if fast is None else fast
+        self.device = torch.device(device)
         self.model = load_lm(model_name, device=device, verbose=verbose)
         self.model_name = self.model.sae_minimal_name
         self.hook = HOOKS[self.model_name]
@@ -103,7 +104,7 @@ class Lab:
             with torch.no_grad():
                 acts = [run_to_hook(self.model, self.held_out[i:i + 16], self.hook)[:, 1:].reshape(-1, self.d_in)
                         for i in range(0, len(self.held_out), 16)]
-            self._eval_acts = torch.cat(acts).float().cpu()
+            self._eval_acts = torch.cat(acts).float()
             self._mean_act = self._eval_acts.mean(0)
         return self._eval_acts
 
@@ -125,13 +126,13 @@ class Lab:
         """
         n_tokens = n_tokens or self.size["train_tokens"]
         torch.manual_seed(seed)
-        sae = make(seed)
+        sae = make(seed).to(self.device)
         lr = lr if lr is not None else LR_MULTIPLIER * default_lr(sae.d_sae)
         settings = {"n_tokens": n_tokens, "seed": seed, "batch_size": batch_size, "lr": lr, **train_kw}
         path = self.root / "saes" / self._key(name, sae, settings)
         if path.is_dir():
             try:
-                loaded = load_sae(path)
+                loaded = load_sae(path, device=self.device)
                 loaded.history, loaded.cache_path = None, path
                 return loaded
             except (CheckpointError, FileNotFoundError) as e:
@@ -140,7 +141,7 @@ class Lab:
                 shutil.move(str(path), str(aside))
         store = self.activations()
         history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed), n_tokens=n_tokens,
-                            batch_size=batch_size, lr=lr, seed=seed, progress=progress, **train_kw)
+                            batch_size=batch_size, lr=lr, seed=seed, progress=progress, device=self.device, **train_kw)
         save_sae(sae, path)
         sae.history, sae.cache_path = history, path
         return sae
@@ -166,7 +167,7 @@ class Lab:
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
         """[d_sae] firing frequency over (up to ``max_rows``) cached training activations."""
-        return latent_density(sae, self.activations().load_all(max_rows))
+        return latent_density(sae, self.activations().load_all(max_rows).to(self.device)).cpu()
 
 
 __all__ = ["Lab", "HOOKS", "SIZES", "cache_dir", "is_fast"]

@@ -36,7 +36,7 @@ def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
 def add_direction(act: Tensor, hook=None, *, direction: Tensor, alpha: float) -> Tensor:
     """Hook: act [n, pos, d] + α·direction on every position except BOS (position 0), which SAEs never see."""
     act = act.clone()
-    act[:, 1:] += alpha * direction.to(act.dtype)
+    act[:, 1:] += alpha * direction.to(device=act.device, dtype=act.dtype)
     return act
 
 
@@ -63,9 +63,9 @@ def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None
     tokens, hooks = prompts, _hooks(hook_name, direction, alpha)
     for _ in range(n_new):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float()
-        probs = (logits / temperature).softmax(-1)
+        probs = (logits / temperature).softmax(-1).cpu()    # sample on the CPU: one generator on every device
         nxt = torch.multinomial(probs, 1, generator=gen)
-        tokens = torch.cat([tokens, nxt.to(tokens.dtype)], dim=1)
+        tokens = torch.cat([tokens, nxt.to(device=tokens.device, dtype=tokens.dtype)], dim=1)
     return tokens
 
 
@@ -128,7 +128,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     position: "ablation" and "control" [m] = CE(predicting token t+1) - clean CE, and "activation" [m] = f_i.
     ``clean_ce`` [n, pos-1] can be passed in to reuse the clean pass across latents.
     """
-    r = random_direction(sae.d_in, seed=seed + latent, norm=float(sae.W_dec[latent].norm()))
+    r = random_direction(sae.d_in, seed=seed + latent, norm=float(sae.W_dec[latent].norm())).to(sae.W_dec.device)
     out = {"ablation": [], "control": [], "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
@@ -150,7 +150,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
 
 
 def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
-    return act + delta.to(act.dtype)
+    return act + delta.to(device=act.device, dtype=act.dtype)
 
 
 @torch.no_grad()

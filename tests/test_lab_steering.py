@@ -94,11 +94,14 @@ def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
 
     model, tokens = standin
     concept = torch.tensor([100, 200])
-    direction = model.W_U[:, concept].sum(-1)
+    # in the last block, through the final LayerNorm's gain (LN also removes the mean), straight into the unembedding
+    direction = model.ln_final.w * model.W_U[:, concept].sum(-1)
+    direction = direction - direction.mean()
     direction = direction / direction.norm()
     base = concept_logprob(model, tokens, concept)
-    steered = concept_logprob(model, tokens, concept, hook_name=HOOK, direction=direction, alpha=40.0)
-    assert (steered > base).all()
+    steered = concept_logprob(model, tokens, concept, hook_name="blocks.3.hook_resid_post", direction=direction,
+                              alpha=10.0)
+    assert (steered > base + 5).all()
 
 
 def test_ablation_effect_known_answers(standin):
