@@ -102,7 +102,7 @@ def check_soft_threshold(fn: Callable[[Tensor, float], Tensor]) -> None:
             _fail(name, f"with λ={lam} inputs with |z| < λ must map to 0 (that is where sparsity comes from); "
                         f"z={z[small][out[small].abs() > 1e-6][0]:.3f} gave a non-zero value.")
         if neg_big.any() and (out[neg_big].abs() < 1e-6).all():
-            _fail(name, f"negative inputs below -λ all map to 0: max(z - λ, 0) only handles positive z. "
+            _fail(name, "negative inputs below -λ all map to 0: max(z - λ, 0) only handles positive z. "
                         "Apply the shrinkage to |z| and put the sign back: sign(z)·max(|z| - λ, 0).")
         if pos_big.any() and torch.allclose(out[pos_big], z[pos_big]):
             _fail(name, "values above λ are returned unchanged: that is hard thresholding. The L1 proximal "
