@@ -88,6 +88,7 @@ class Lab:
         self.root = cache_dir() / f"{self.model_name}-{self.hook}-{'fast' if self.fast else 'full'}"
         self._eval_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
+        self._density_rows: Tensor | None = None
         if verbose:
             print(f"Lab: {self.model_name} at {self.hook} (d_in {self.d_in}, d_sae {self.d_sae}); "
                   f"{'FAST' if self.fast else 'full'} mode: {self.tokens.numel():,} cached tokens, "
@@ -166,8 +167,10 @@ class Lab:
         return result
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
-        """[d_sae] firing frequency over (up to ``max_rows``) cached training activations."""
-        return latent_density(sae, self.activations().load_all(max_rows).to(self.device)).cpu()
+        """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read from disk once)."""
+        if self._density_rows is None or len(self._density_rows) < max_rows:
+            self._density_rows = self.activations().load_all(max_rows).to(self.device)
+        return latent_density(sae, self._density_rows[:max_rows]).cpu()
 
 
 __all__ = ["Lab", "HOOKS", "SIZES", "cache_dir", "is_fast"]

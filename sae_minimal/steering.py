@@ -85,8 +85,7 @@ def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
 @torch.no_grad()
 def continuation_loss(model, tokens: Tensor, start: int) -> Tensor:
     """[n] mean cross-entropy (nats/token) the *unsteered* model assigns to tokens[:, start:]: a fluency score."""
-    logp = model(tokens)[:, start - 1:-1].float().log_softmax(-1)
-    return -logp.gather(-1, tokens[:, start:, None]).squeeze(-1).mean(-1)
+    return _per_token_ce(model(tokens), tokens)[:, start - 1:].mean(-1)
 
 
 def word_tokens(tokenizer, vocab_size: int, min_letters: int = 3) -> Tensor:
