@@ -17,7 +17,7 @@ import time
 import torch
 
 import sae_minimal as sm
-from sae_minimal.activations import cache_activations, run_to_hook
+from sae_minimal.lm.activations import cache_activations, run_to_hook
 
 
 def main() -> None:
@@ -30,13 +30,13 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.model == "standin":
-        from sae_minimal.models import load_lm
-        from sae_minimal.text import corpus_tokens
+        from sae_minimal.lm.models import load_lm
+        from sae_minimal.lm.text import corpus_tokens
         model = load_lm("standin", verbose=False)
         tokens = corpus_tokens(model.tokenizer, "train", args.context, args.windows)
         hook = args.hook or "blocks.2.hook_resid_post"
     else:
-        from sae_minimal.models import gpt2_shaped
+        from sae_minimal.lm.models import gpt2_shaped
         model = gpt2_shaped()
         tokens = torch.randint(0, 50257, (args.windows, args.context), generator=torch.Generator().manual_seed(0))
         hook = args.hook or "blocks.5.hook_resid_post"

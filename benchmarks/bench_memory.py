@@ -23,8 +23,8 @@ sm.train_sae(sae, x, n_tokens=5 * 1024, batch_size=1024, progress=False)
 
 CACHE = """
 import sys, tempfile, torch
-from sae_minimal.models import gpt2_shaped
-from sae_minimal.activations import cache_activations
+from sae_minimal.lm.models import gpt2_shaped
+from sae_minimal.lm.activations import cache_activations
 n_tokens = int(sys.argv[1])
 model = gpt2_shaped(n_layers=1)
 tokens = torch.randint(0, 50257, (n_tokens // 128 + 1, 129), generator=torch.Generator().manual_seed(0))

@@ -157,7 +157,7 @@ def bench_matmul_share(args) -> None:
 
 def bench_decode(args) -> None:
     """Forward + backward of the decoder alone, sparse (embedding bag) vs dense, across d_sae."""
-    from sae_minimal.topk import sparse_decode
+    from sae_minimal.kernels import sparse_decode
 
     d_in, k, batch = 768, 32, 1024
     print(f"TopK decoding, d_in {d_in}, k {k}, batch {batch}: forward+backward time per step\n")

@@ -17,7 +17,8 @@ import time
 import torch
 
 import sae_minimal as sm
-from sae_minimal.data import magnitude_ratio, make_synthetic, recovery
+from sae_minimal.metrics import magnitude_ratio, recovery
+from sae_minimal.synthetic import make_synthetic
 
 
 def main() -> None:

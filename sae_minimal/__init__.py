@@ -5,22 +5,32 @@
     sae = TopKSAE(d_in=64, d_sae=512, k=8)
     history = train_sae(sae, activations)          # activations: [N, 64]
     out = sae(x)                                   # out.x_hat, out.latents, out.loss, out.losses
+
+The package in layers (each imports only from the layers below it):
+
+    course/   checks, the course CLI, the demo            the notebooks' tooling
+    lm/       language models, activations, evaluation,   SAEs on a real model's activations
+              dashboards, steering, splitting, the lab
+    theory/   toy models of superposition, capacity       the chapter's theory, no SAE needed
+    core      base, one file per variant, kernels,        what the chapter's equations are
+              train, metrics, io, synthetic
 """
 
 from . import metrics
-from .base import BaseSAE, SAEOutput
+from .base import BaseSAE, Encoding, SAEOutput
 from .batchtopk import BatchTopKSAE
 from .gated import GatedSAE
 from .io import CheckpointError, load_sae, save_sae
 from .jumprelu import JumpReLUSAE
-from .matryoshka import MatryoshkaSAE
+from .matryoshka import MatryoshkaSAE, MatryoshkaTopKSAE
 from .relu import ReLUSAE
 from .topk import TopKSAE
 from .train import History, train_sae
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "BaseSAE", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE", "MatryoshkaSAE",
-    "train_sae", "History", "save_sae", "load_sae", "CheckpointError", "metrics",
+    "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE",
+    "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "save_sae", "load_sae", "CheckpointError",
+    "metrics",
 ]

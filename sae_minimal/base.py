@@ -9,17 +9,20 @@ An SAE maps an activation x [d_in] to a sparse code f [d_sae] and back:
 Subtracting ``b_dec`` before encoding ("apply_b_dec_to_input" in SAELens) centres the data on the
 decoder bias, so the encoder sees the same centred input that the decoder reconstructs.
 
-A subclass overrides ``activation`` (and ``loss_terms`` for its sparsity penalty). Everything else
-here -- input checks, the forward pass, the unit-norm decoder constraint, folding an activation
-scale into the weights, dead-latent bookkeeping -- is shared.
+What a variant may change is listed in one place, ``BaseSAE``'s "extension points" below; the rest
+(input checks, the forward pass, the unit-norm decoder, folding an activation scale into the weights,
+dead-latent bookkeeping, the state the trainer reads) is shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from .kernels import encoder_pre_acts
 
 
 @dataclass
@@ -36,6 +39,20 @@ class SAEOutput:
     latents: Tensor
     loss: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Encoding(NamedTuple):
+    """What ``encode_flat`` returns: the code, and what the loss needs from the encoder."""
+
+    latents: Tensor
+    """[B, d_sae] the sparse code f (zeros where a latent is off)."""
+    pre: Tensor
+    """[B, d_sae] the pre-activations that decide firing: (x - b_dec) @ W_enc + b_enc (π_gate in Gated)."""
+    l0: Tensor | None = None
+    """[B] a differentiable count of active latents per row (JumpReLU's L0 penalty), else None."""
+    topk: tuple[Tensor, Tensor] | None = None
+    """(values [B, k], indices [B, k]) when the code is also kept sparse (TopK's fast path), else None.
+    Then ``latents`` is a detached copy for metrics, and gradients flow through ``values``."""
 
 
 def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
@@ -58,6 +75,12 @@ def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
     return x
 
 
+# Every variant class, by name (filled as each is defined): io.load_sae finds the class to build here,
+# and SAE_LENS_DEFAULTS maps a SAELens architecture name to the class a foreign checkpoint loads as.
+SAE_CLASSES: dict[str, type[BaseSAE]] = {}
+SAE_LENS_DEFAULTS: dict[str, type[BaseSAE]] = {}
+
+
 class BaseSAE(nn.Module):
     """Parameters and plumbing shared by every variant.
 
@@ -69,12 +92,26 @@ class BaseSAE(nn.Module):
     Initialisation follows Gao et al. (2024, sec. 2.4): decoder rows are random unit vectors and the
     encoder starts as the decoder's transpose, which makes early training stable and avoids most
     dead latents. ``b_enc`` and ``b_dec`` start at zero (the trainer sets ``b_dec`` from the data).
+
+    A variant is one file: a subclass that overrides some of the extension points below and declares
+    ``architecture`` (SAELens's name for its inference computation). ``class V(BaseSAE,
+    sae_lens_default=True)`` makes V the class that SAELens checkpoints of that architecture load as.
     """
 
-    architecture: str = "base"           # the SAELens architecture name used when saving
-    unit_norm_decoder: bool = True       # keep ||W_dec[i]|| = 1 (trainer projects gradients + renormalises)
+    architecture: ClassVar[str] = "base"  # the SAELens architecture name used when saving
+    unit_norm_decoder: ClassVar[bool] = True  # trainer keeps ||W_dec[i]|| = 1
     # Parameters in the units of x (biases, thresholds): folding an activation scale divides these.
-    scaled_with_input: tuple[str, ...] = ("b_enc", "b_dec")
+    scaled_with_input: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
+    # State the trainer reads and writes (declared here, never probed by name):
+    dead_window: int = 100_000  # a latent is dead after this many training tokens without firing
+    trained_tokens: int = 0     # tokens trained on so far; > 0 means train_sae continues training
+    sparsity_warmup: float = 1.0  # the trainer ramps this 0 -> 1 to warm up sparsity penalties
+
+    def __init_subclass__(cls, *, sae_lens_default: bool = False, **kw):
+        super().__init_subclass__(**kw)
+        SAE_CLASSES[cls.__name__] = cls
+        if sae_lens_default:
+            SAE_LENS_DEFAULTS[cls.architecture] = cls
 
     def __init__(self, d_in: int, d_sae: int, *, seed: int | None = 0,
                  dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
@@ -97,68 +134,92 @@ class BaseSAE(nn.Module):
         # Tokens seen since each latent last fired: drives dead-latent metrics and AuxK (not saved).
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long, device=device),
                              persistent=False)
-        # Trainer ramps this 0 -> 1 to warm up sparsity penalties (Conerly et al. 2024).
-        self.sparsity_warmup = 1.0
 
-    # --- the three things a variant may change -------------------------------------------------
+    # --- extension points: what a variant may override ----------------------------------------
+    # activation(pre)            the nonlinearity, when the encoder is pre -> f (ReLU, TopK, BatchTopK)
+    # encode_flat(x)             the whole encoder, when it is more than that (Gated, JumpReLU, TopK fast)
+    # decode_flat(enc)           the decoder, when it can skip the zeros (TopK's fast path)
+    # loss_terms(x, x_hat, enc)  the sparsity penalty and auxiliary losses
+    # config()                   hyperparameters saved in cfg.json and used by the lab's cache key
+    # fold_input_scale(s)        extend (call super) for parameters not simply in x's units (JumpReLU)
+    # after_training(x, B)       a calibration step once training ends (BatchTopK's threshold)
+    # sae_lens_weights(), load_sae_lens_weights(w), sae_lens_cfg(), kwargs_from_sae_lens_cfg(cfg)
+    #                            the variant's own mapping to and from SAELens's checkpoint (io.py)
     def activation(self, pre: Tensor) -> Tensor:
         """pre-activations [B, d_sae] -> latents [B, d_sae]."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must override activation() or encode_flat().")
 
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
-        """Named loss terms for a flat batch x [B, d_in]. Default: reconstruction only."""
+    def encode_flat(self, x: Tensor) -> Encoding:
+        """x [B, d_in] (already checked) -> Encoding(latents [B, d_sae], pre [B, d_sae])."""
+        pre = self.pre_acts(x)
+        return Encoding(self.activation(pre), pre)
+
+    def decode_flat(self, enc: Encoding) -> Tensor:
+        """Encoding -> x_hat [B, d_in] = f @ W_dec + b_dec."""
+        return torch.addmm(self.b_dec, enc.latents, self.W_dec)
+
+    def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
+        """Named, already-weighted loss terms for a flat batch x [B, d_in]. Default: reconstruction."""
         return {"mse": mse(x_hat, x)}
 
     def config(self) -> dict:
         """Variant-specific hyperparameters saved in cfg.json (besides d_in and d_sae)."""
         return {}
 
-    # --- shared forward pass --------------------------------------------------------------------
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """x [B, d_in] -> encoder pre-activations [B, d_sae] = (x - b_dec) @ W_enc + b_enc."""
-        return torch.addmm(self._enc_bias(self.b_enc), x, self.W_enc)
+    def after_training(self, x: Tensor, batch_size: int) -> None:
+        """Called by train_sae once training ends, with a sample x [N, d_in] in training units."""
 
-    def _enc_bias(self, bias: Tensor) -> Tensor:
-        """bias - b_dec @ W_enc [d_sae]. Folding b_dec into the bias (instead of computing x - b_dec) gives the
-        same pre-activations, but autograd then gets b_dec's gradient from a vector-matrix product instead of a
-        full [B, d_sae] x [d_sae, d_in] matmul -- a third of a TopK SAE's backward pass."""
-        return bias - self.b_dec @ self.W_enc if self.apply_b_dec_to_input else bias
+    def sae_lens_weights(self) -> dict[str, Tensor]:
+        """The tensors of a checkpoint, under SAELens's names, in the shapes SAELens uses."""
+        return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    @torch.no_grad()
+    def load_sae_lens_weights(self, weights: dict[str, Tensor]) -> None:
+        """Copy checkpoint tensors (already shape-checked against ``sae_lens_weights``) into the SAE."""
+        for name, param in self.sae_lens_weights().items():
+            param.copy_(weights[name])
+
+    def sae_lens_cfg(self) -> dict:
+        """Entries this variant adds to SAELens's cfg.json (e.g. TopK's k)."""
+        return {}
+
+    @classmethod
+    def kwargs_from_sae_lens_cfg(cls, cfg: dict) -> dict:
+        """Constructor arguments read from a SAELens cfg.json (e.g. TopK's k)."""
+        return {}
+
+    # --- the forward pass -----------------------------------------------------------------------
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """x [B, d_in] -> pre-activations [B, d_sae] = (x - b_dec) @ W_enc + b_enc."""
+        b_dec = self.b_dec if self.apply_b_dec_to_input else None
+        return encoder_pre_acts(x, self.W_enc, self.b_enc, b_dec)
 
     def _flat(self, x: Tensor) -> Tensor:
         x = check_activations(x, self.d_in)
         return x.reshape(-1, self.d_in).to(self.W_enc.dtype)
 
-    def encode_flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, d_in] (already checked) -> (latents [B, d_sae], pre): ``pre`` is whatever ``loss_terms`` needs --
-        the pre-activations [B, d_sae] here; Gated passes π_gate, JumpReLU (pre, per-row L0)."""
-        pre = self.pre_acts(x)
-        return self.activation(pre), pre
-
     def encode(self, x: Tensor) -> Tensor:
         """x [..., d_in] -> latents [..., d_sae]."""
-        return self.encode_flat(self._flat(x))[0].reshape(*x.shape[:-1], self.d_sae)
+        return self.encode_flat(self._flat(x)).latents.reshape(*x.shape[:-1], self.d_sae)
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents [..., d_sae] -> x_hat [..., d_in]."""
         if latents.shape[-1] != self.d_sae:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected [..., d_sae={self.d_sae}].")
-        flat = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
-        return torch.addmm(self.b_dec, flat, self.W_dec).reshape(*latents.shape[:-1], self.d_in)
-
-    def forward_flat(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, d_in] -> (latents [B, d_sae], pre [B, d_sae], x_hat [B, d_in]); TopK overrides the decode."""
-        latents, pre = self.encode_flat(x)
-        return latents, pre, torch.addmm(self.b_dec, latents, self.W_dec)
+        flat_BS = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
+        x_hat_BD = torch.addmm(self.b_dec, flat_BS, self.W_dec)
+        return x_hat_BD.reshape(*latents.shape[:-1], self.d_in)
 
     def forward(self, x: Tensor) -> SAEOutput:
         """x [..., d_in] -> SAEOutput with x_hat [..., d_in], latents [..., d_sae], loss, losses."""
         flat = self._flat(x)
-        latents, pre, x_hat = self.forward_flat(flat)
+        enc = self.encode_flat(flat)
+        x_hat = self.decode_flat(enc)
         if self.training:
-            self._update_dead_counter(latents)
-        losses = self.loss_terms(flat, x_hat, latents, pre)
+            self._update_dead_counter(enc.latents)
+        losses = self.loss_terms(flat, x_hat, enc)
         lead = x.shape[:-1]
-        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=latents.reshape(*lead, self.d_sae),
+        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=enc.latents.reshape(*lead, self.d_sae),
                          loss=sum(losses.values()), losses=losses)
 
     # --- training support -----------------------------------------------------------------------
@@ -168,9 +229,10 @@ class BaseSAE(nn.Module):
         self.tokens_since_fired += latents.shape[0]
         self.tokens_since_fired[fired] = 0
 
-    def dead_mask(self, window: int) -> Tensor:
-        """[d_sae] bool: latents that have not fired in the last ``window`` training tokens."""
-        return self.tokens_since_fired >= window
+    def dead_mask(self, window: int | None = None) -> Tensor:
+        """[d_sae] bool: latents that have not fired in the last ``window`` (default ``dead_window``)
+        training tokens."""
+        return self.tokens_since_fired >= (window if window is not None else self.dead_window)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -191,8 +253,9 @@ class BaseSAE(nn.Module):
         """Make an SAE trained on ``scale * x`` work on raw x, with latents in raw units.
 
         pre(scale*x) / scale == (x - b_dec/scale) @ W_enc + b_enc/scale, so dividing the biases (and
-        thresholds) by ``scale`` divides every pre-activation by it; ReLU / TopK / JumpReLU / gates commute with a positive rescale, so latents are
-        divided by ``scale`` too and decoding them with the unchanged unit-norm W_dec gives x̂ / scale.
+        thresholds) by ``scale`` divides every pre-activation by it; ReLU / TopK / JumpReLU / gates
+        commute with a positive rescale, so latents are divided by ``scale`` too and decoding them with
+        the unchanged unit-norm W_dec gives x̂ / scale.
         """
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}.")

@@ -36,7 +36,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "jumprelu"
     scaled_with_input = ("b_enc", "b_dec", "threshold")
-    decode_sparsely = False  # a variable number of latents per row: decode densely
+    decode_sparsely = False  # rows keep different numbers of latents: no fixed-k sparse code
 
     def __init__(self, d_in: int, d_sae: int, *, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, **kw)
@@ -66,6 +66,15 @@ class BatchTopKSAE(TopKSAE):
         else:
             m = self.threshold_momentum
             self.threshold.mul_(m).add_((1 - m) * smallest)
+
+    def after_training(self, x: Tensor, batch_size: int) -> None:
+        self.calibrate_threshold(x, batch_size)
+
+    def sae_lens_weights(self) -> dict[str, Tensor]:
+        return {**super().sae_lens_weights(), "threshold": self.threshold}
+
+    def sae_lens_cfg(self) -> dict:
+        return {}   # saved as a JumpReLU: no k
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BaseSAE, mse
+from .base import BaseSAE, Encoding, mse
+from .kernels import encoder_pre_acts
 
 
-class GatedSAE(BaseSAE):
+class GatedSAE(BaseSAE, sae_lens_default=True):
     """Gated SAE. Parameters: W_enc (= W_gate), b_gate, r_mag, b_mag, W_dec, b_dec; no b_enc."""
 
     architecture = "gated"
@@ -42,7 +43,8 @@ class GatedSAE(BaseSAE):
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [B, d_in] -> (π_gate, π_mag), each [B, d_sae], sharing one matmul."""
-        xw = torch.addmm(self._enc_bias(torch.zeros_like(self.b_gate)), x, self.W_enc)   # (x - b_dec) @ W_enc
+        b_dec = self.b_dec if self.apply_b_dec_to_input else None
+        xw = encoder_pre_acts(x, self.W_enc, None, b_dec)               # (x - b_dec) @ W_enc
         # (x @ W) ⊙ exp(r) == x @ (W ⊙ exp(r)) since r scales whole columns
         return xw + self.b_gate, xw * self.r_mag.exp() + self.b_mag
 
@@ -50,12 +52,13 @@ class GatedSAE(BaseSAE):
         """Gate pre-activations π_gate [B, d_sae] (what decides firing)."""
         return self._paths(x)[0]
 
-    def encode_flat(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_flat(self, x: Tensor) -> Encoding:
+        """x [B, d_in] -> Encoding(f = 1[π_gate > 0] ⊙ ReLU(π_mag), pre = π_gate)."""
         pi_gate, pi_mag = self._paths(x)
-        return (pi_gate > 0) * pi_mag.relu(), pi_gate
+        return Encoding((pi_gate > 0) * pi_mag.relu(), pi_gate)
 
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
-        gate = pre.relu()  # pre is π_gate here
+    def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
+        gate = enc.pre.relu()  # ReLU(π_gate)
         x_hat_frozen = gate @ self.W_dec.detach() + self.b_dec.detach()
         return {
             "mse": mse(x_hat, x),
@@ -65,3 +68,7 @@ class GatedSAE(BaseSAE):
 
     def config(self) -> dict:
         return {"l1_coeff": self.l1_coeff}
+
+    def sae_lens_weights(self) -> dict[str, Tensor]:
+        return {"W_enc": self.W_enc, "b_gate": self.b_gate, "b_mag": self.b_mag, "r_mag": self.r_mag,
+                "W_dec": self.W_dec, "b_dec": self.b_dec}

@@ -7,9 +7,11 @@ A checkpoint is a folder holding
                                b_enc [d_sae] (standard, topk, jumprelu), threshold [d_sae] (jumprelu),
                                b_gate, b_mag, r_mag [d_sae] (gated)
 
-BatchTopK (and Matryoshka with BatchTopK) are saved as "jumprelu": at inference they *are* a JumpReLU
-with one global threshold. ``metadata.sae_minimal_class`` records our class and its settings so
-``load_sae`` gives back exactly what was saved; SAELens ignores it.
+Each variant owns its part of the format (``BaseSAE.sae_lens_weights`` / ``load_sae_lens_weights`` /
+``sae_lens_cfg`` / ``kwargs_from_sae_lens_cfg``), so this file has no per-variant table: a new variant
+is one file. BatchTopK (and Matryoshka with BatchTopK) are saved as "jumprelu": at inference they
+*are* a JumpReLU with one global threshold. ``metadata.sae_minimal_class`` records our class and its
+settings so ``load_sae`` gives back exactly what was saved; SAELens ignores it.
 """
 
 from __future__ import annotations
@@ -22,25 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .base import BaseSAE
-from .batchtopk import BatchTopKSAE
-from .gated import GatedSAE
-from .jumprelu import JumpReLUSAE
-from .matryoshka import MatryoshkaSAE
-from .relu import ReLUSAE
-from .topk import TopKSAE
+from .base import SAE_CLASSES, SAE_LENS_DEFAULTS, BaseSAE
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-
-CLASSES = {cls.__name__: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE)}
-DEFAULT_CLASS = {"standard": ReLUSAE, "topk": TopKSAE, "jumprelu": JumpReLUSAE, "gated": GatedSAE}
-WEIGHT_SHAPES = {  # name -> shape as a function of (d_in, d_sae)
-    "standard": {"W_enc": "io", "b_enc": "o", "W_dec": "oi", "b_dec": "i"},
-    "topk": {"W_enc": "io", "b_enc": "o", "W_dec": "oi", "b_dec": "i"},
-    "jumprelu": {"W_enc": "io", "b_enc": "o", "W_dec": "oi", "b_dec": "i", "threshold": "o"},
-    "gated": {"W_enc": "io", "b_gate": "o", "b_mag": "o", "r_mag": "o", "W_dec": "oi", "b_dec": "i"},
-}
 
 
 class CheckpointError(ValueError):
@@ -60,18 +47,16 @@ def save_sae(sae: BaseSAE, path: str | os.PathLike, *, overwrite: bool = False) 
     if existing and not overwrite:
         raise FileExistsError(f"{path} already holds a checkpoint ({', '.join(existing)}). Choose another "
                               f"folder, or pass overwrite=True to replace it.")
-    arch = sae.architecture
-    weights = {name: getattr(sae, name).detach().cpu().contiguous() for name in WEIGHT_SHAPES[arch]}
+    weights = {name: t.detach().cpu().contiguous() for name, t in sae.sae_lens_weights().items()}
     cfg = {
-        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae,
+        "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
         "dtype": str(sae.W_dec.dtype).removeprefix("torch."), "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"sae_minimal_class": type(sae).__name__, "sae_minimal_config": sae.config(),
-                     "trained_tokens": getattr(sae, "trained_tokens", 0)},
+                     "trained_tokens": sae.trained_tokens},
+        **sae.sae_lens_cfg(),
     }
-    if arch == "topk":
-        cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
     path.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = path / (WEIGHTS_FILENAME + ".tmp"), path / (CFG_FILENAME + ".tmp")
     save_file(weights, str(tmp_w))
@@ -99,9 +84,9 @@ def load_sae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); the file is corrupt or truncated.") from None
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_file} lacks a valid 'architecture', 'd_in' or 'd_sae' entry ({e!r}).") from None
-    if arch not in WEIGHT_SHAPES:
+    if arch not in SAE_LENS_DEFAULTS:
         raise CheckpointError(f"{cfg_file} has architecture {arch!r}, which sae_minimal cannot load; "
-                              f"known architectures: {sorted(WEIGHT_SHAPES)}.")
+                              f"known architectures: {sorted(SAE_LENS_DEFAULTS)}.")
     if cfg.get("normalize_activations", "none") != "none":
         raise CheckpointError(f"{cfg_file} uses normalize_activations={cfg['normalize_activations']!r}; "
                               "sae_minimal expects the normalisation folded into the weights ('none').")
@@ -111,7 +96,16 @@ def load_sae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{weights_file} could not be read ({e}); it is truncated or not a "
                               "safetensors file. Re-save or re-download the checkpoint.") from None
 
-    expected = {name: tuple(d_in if c == "i" else d_sae for c in spec) for name, spec in WEIGHT_SHAPES[arch].items()}
+    meta = cfg.get("metadata") or {}
+    ours = SAE_CLASSES.get(meta.get("sae_minimal_class"))
+    cls = ours if ours is not None and ours.architecture == arch else SAE_LENS_DEFAULTS[arch]
+    kwargs = dict(meta.get("sae_minimal_config") or {}) if cls is ours else {}
+    kwargs.update(cls.kwargs_from_sae_lens_cfg(cfg))
+    dtype = getattr(torch, cfg.get("dtype", "float32"), torch.float32)
+    sae = cls(d_in, d_sae, dtype=dtype, **kwargs)
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+
+    expected = {name: tuple(t.shape) for name, t in sae.sae_lens_weights().items()}
     missing = sorted(set(expected) - set(weights))
     if missing:
         raise CheckpointError(f"{weights_file} lacks {missing}, which a {arch!r} SAE needs.")
@@ -119,23 +113,7 @@ def load_sae(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> 
         if tuple(weights[name].shape) != shape:
             raise CheckpointError(f"{weights_file}: {name} has shape {tuple(weights[name].shape)}, but "
                                   f"{cfg_file} says d_in={d_in}, d_sae={d_sae}, so it should be {shape}.")
-
-    meta = cfg.get("metadata") or {}
-    cls = CLASSES.get(meta.get("sae_minimal_class"), DEFAULT_CLASS[arch])
-    kwargs = dict(meta.get("sae_minimal_config") or {}) if cls.__name__ == meta.get("sae_minimal_class") else {}
-    if arch == "topk" and "k" in cfg:
-        kwargs["k"] = int(cfg["k"])
-    dtype = getattr(torch, cfg.get("dtype", "float32"), torch.float32)
-    sae = cls(d_in, d_sae, dtype=dtype, **kwargs)
-    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            if name not in expected:
-                continue
-            if name == "threshold" and isinstance(sae, JumpReLUSAE):
-                sae.log_threshold.copy_(tensor.clamp_min(1e-12).log())  # we learn log θ
-            else:
-                getattr(sae, name).copy_(tensor)
+    sae.load_sae_lens_weights(weights)
     sae.trained_tokens = max(1, int(meta.get("trained_tokens", 1)))  # loaded SAEs count as trained
     return sae.to(device).eval()
 

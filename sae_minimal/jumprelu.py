@@ -13,6 +13,7 @@ rectangle kernel of bandwidth ε (eqs. 11-12):
     K(u) = 1[|u| < 1/2]   (rectangle)
 
 The gradient with respect to z is the true one: H(z - θ) for JumpReLU and 0 for the step.
+The kernel that computes both outputs with these gradients is ``kernels.jumprelu_l0``.
 """
 
 from __future__ import annotations
@@ -22,77 +23,17 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import BaseSAE, mse
-
-
-def rectangle(u: Tensor) -> Tensor:
-    """K(u) = 1 if |u| < 1/2 else 0."""
-    return (u.abs() < 0.5).to(u.dtype)
-
-
-class _JumpReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
-        return z * (z > threshold)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        z, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_z = (z > threshold) * grad
-        grad_threshold = (-(threshold / eps) * rectangle((z - threshold) / eps) * grad)
-        return grad_z, grad_threshold.sum(dim=tuple(range(grad.ndim - 1))), None
-
-
-class _Step(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
-        return (z > threshold).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        z, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_threshold = -(1.0 / eps) * rectangle((z - threshold) / eps) * grad
-        return torch.zeros_like(z), grad_threshold.sum(dim=tuple(range(grad.ndim - 1))), None
-
-
-class _JumpReLUWithL0(torch.autograd.Function):
-    """Both at once, sharing one mask and one kernel: (z·H(z-θ), Σ_i H(z_i-θ_i) per row). The SAE's
-    training step needs both, and fusing them halves the elementwise passes over [B, d_sae]."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float):
-        mask = z > threshold
-        ctx.save_for_backward(z, threshold, mask)
-        ctx.bandwidth = bandwidth
-        return z * mask, mask.sum(dim=-1, dtype=z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor, grad_l0: Tensor):
-        z, threshold, mask = ctx.saved_tensors
-        eps = ctx.bandwidth
-        near = (z - threshold).abs() < eps / 2                 # K((z - θ)/ε) for the rectangle kernel
-        # d out/dθ = -(θ/ε)·K and d L0/dθ = -(1/ε)·K, chained with their incoming gradients
-        grad_threshold = (near * (threshold * grad_out + grad_l0[..., None])).sum(dim=tuple(range(z.ndim - 1)))
-        return grad_out * mask, -grad_threshold / eps, None
+from .base import BaseSAE, Encoding, mse
+from .kernels import jumprelu_l0
 
 
 def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    """z [..., d_sae] -> z · H(z - θ), with the STE gradient for θ [d_sae]."""
-    return _JumpReLU.apply(z, threshold, bandwidth)
+    """z [..., d_sae] -> JumpReLU_θ(z) = z · H(z - θ), with the STE gradient for θ [d_sae] above.
+    (The SAE computes it together with its L0 count, in one pass: ``kernels.jumprelu_l0``.)"""
+    return jumprelu_l0(z, threshold, bandwidth).latents
 
 
-def step(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
-    """z [..., d_sae] -> H(z - θ) as 0/1 floats, with the STE gradient for θ [d_sae]."""
-    return _Step.apply(z, threshold, bandwidth)
-
-
-class JumpReLUSAE(BaseSAE):
+class JumpReLUSAE(BaseSAE, sae_lens_default=True):
     """JumpReLU SAE with an L0 penalty.
 
     Args:
@@ -123,18 +64,14 @@ class JumpReLUSAE(BaseSAE):
         """θ [d_sae] = exp(log_threshold)."""
         return self.log_threshold.exp()
 
-    def activation(self, pre: Tensor) -> Tensor:
-        return jumprelu(pre, self.threshold, self.bandwidth)
-
-    def encode_flat(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """-> (latents [B, d_sae], (pre [B, d_sae], L0 per row [B])): the L0 penalty's STE shares the pass."""
+    def encode_flat(self, x: Tensor) -> Encoding:
+        """x [B, d_in] -> Encoding(latents = JumpReLU_θ(pre), pre, l0 = Σ_i H(pre_i - θ_i) per row)."""
         pre = self.pre_acts(x)
-        latents, l0_rows = _JumpReLUWithL0.apply(pre, self.threshold, self.bandwidth)
-        return latents, (pre, l0_rows)
+        latents, l0_rows = jumprelu_l0(pre, self.threshold, self.bandwidth)
+        return Encoding(latents, pre, l0=l0_rows)
 
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre) -> dict[str, Tensor]:
-        _, l0_rows = pre
-        return {"mse": mse(x_hat, x), "l0": self.sparsity_warmup * self.l0_coeff * l0_rows.mean()}
+    def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
+        return {"mse": mse(x_hat, x), "l0": self.sparsity_warmup * self.l0_coeff * enc.l0.mean()}
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
@@ -144,3 +81,12 @@ class JumpReLUSAE(BaseSAE):
 
     def config(self) -> dict:
         return {"l0_coeff": self.l0_coeff, "bandwidth": self.bandwidth}
+
+    def sae_lens_weights(self) -> dict[str, Tensor]:
+        return {**super().sae_lens_weights(), "threshold": self.threshold}
+
+    @torch.no_grad()
+    def load_sae_lens_weights(self, weights: dict[str, Tensor]) -> None:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, name).copy_(weights[name])
+        self.log_threshold.copy_(weights["threshold"].clamp_min(1e-12).log())  # we learn log θ

@@ -6,9 +6,11 @@ m_1 < m_2 < ... < m_n = d_sae (e.g. a geometric series 64, 256, 1024, ...):
     x̂_j = f[:m_j] @ W_dec[:m_j] + b_dec
     L   = Σ_j ||x - x̂_j||²   (+ AuxK)
 
-The latents f come from one TopK or BatchTopK over the full dictionary (Bussmann et al. use
-BatchTopK). The first latents must reconstruct x on their own, so they learn coarse, general
-features; later ones add detail instead of splitting the early ones (less feature absorption).
+The latents f come from one BatchTopK over the full dictionary, as in Bussmann et al.
+(``MatryoshkaSAE``), or from a per-input TopK (``MatryoshkaTopKSAE``); both add the prefix losses
+to their parent's loss with ``super()``. The first latents must reconstruct x on their own, so
+they learn coarse, general features; later ones add detail instead of splitting the early ones
+(less feature absorption).
 
 The prefix reconstructions are built incrementally, group by group, so the extra cost over a plain
 SAE is one small matmul per prefix, not one full decode per prefix.
@@ -16,57 +18,59 @@ SAE is one small matmul per prefix, not one full decode per prefix.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .base import mse
+from .base import Encoding, mse
 from .batchtopk import BatchTopKSAE
-from .topk import auxk_loss, topk_relu
+from .topk import TopKSAE
 
 
-class MatryoshkaSAE(BatchTopKSAE):
-    """Matryoshka SAE.
+class _Matryoshka:
+    """The Matryoshka part, added in front of a TopK-family SAE: prefix sizes and prefix losses.
 
     Args:
-        prefix_sizes: increasing dictionary sizes whose prefixes are trained as SAEs; ``d_sae`` is
-                      appended if missing. Default: d_sae/16, d_sae/4, d_sae.
-        activation:   "batchtopk" (default, as in Bussmann et al.) or "topk".
-        k, k_aux, aux_coeff, dead_window, threshold_momentum: as for TopKSAE / BatchTopKSAE.
+        prefix_sizes: increasing dictionary sizes whose prefixes are trained as SAEs (integers in
+                      [1, d_sae]); ``d_sae`` is appended if missing. Default: d_sae/16, d_sae/4, d_sae.
+        All other arguments go to the SAE class it is combined with.
     """
 
-    def __init__(self, d_in: int, d_sae: int, *, prefix_sizes: list[int] | None = None,
-                 activation: str = "batchtopk", **kw):
+    # The prefix losses read the dense code: no sparse fast path (see TopKSAE.decode_sparsely).
+    decode_sparsely = False
+
+    def __init__(self, d_in: int, d_sae: int, *, prefix_sizes: list[int] | None = None, **kw):
         super().__init__(d_in, d_sae, **kw)
-        if activation not in ("topk", "batchtopk"):
-            raise ValueError(f"activation must be 'topk' or 'batchtopk', got {activation!r}.")
-        self.inner = activation
-        self.architecture = "topk" if activation == "topk" else "jumprelu"
-        sizes = sorted(set(prefix_sizes)) if prefix_sizes else [max(1, d_sae // 16), max(1, d_sae // 4)]
-        if sizes[0] < 1 or sizes[-1] > d_sae:
-            raise ValueError(f"prefix_sizes must lie in [1, d_sae={d_sae}], got {prefix_sizes}.")
-        self.prefix_sizes = sizes if sizes[-1] == d_sae else sizes + [d_sae]
+        self.prefix_sizes = check_prefix_sizes(prefix_sizes, d_sae)
 
-    def activation(self, pre: Tensor) -> Tensor:
-        if self.inner == "topk":
-            return topk_relu(pre, self.k)
-        return super().activation(pre)
-
-    def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:
-        if self.inner == "batchtopk":   # with per-row TopK there is no threshold to estimate
-            super().calibrate_threshold(x, batch_size)
-
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
+    def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         losses = {}
-        recon, start = self.b_dec.expand_as(x), 0
-        for m in self.prefix_sizes[:-1]:
-            recon = recon + latents[:, start:m] @ self.W_dec[start:m]
-            losses[f"mse_{m}"] = mse(recon, x)
+        recon_BD, start = self.b_dec.expand_as(x), 0
+        for m in self.prefix_sizes[:-1]:   # the last prefix is the whole dictionary: the parent's "mse"
+            recon_BD = recon_BD + enc.latents[:, start:m] @ self.W_dec[start:m]
+            losses[f"mse_{m}"] = mse(recon_BD, x)
             start = m
-        losses["mse"] = mse(x_hat, x)  # the last prefix is the whole dictionary
-        if self.training:
-            losses["auxk"] = auxk_loss(self, x, x_hat, pre, self.k_aux, self.dead_window, self.aux_coeff)
-        return losses
+        return {**losses, **super().loss_terms(x, x_hat, enc)}
 
     def config(self) -> dict:
-        return {"k": self.k, "prefix_sizes": self.prefix_sizes, "activation": self.inner}
+        return {**super().config(), "prefix_sizes": self.prefix_sizes}
 
+
+def check_prefix_sizes(prefix_sizes: list[int] | None, d_sae: int) -> list[int]:
+    """Sorted, unique prefix sizes ending in d_sae; ValueError saying what to pass otherwise."""
+    if prefix_sizes is None:
+        prefix_sizes = [max(1, d_sae // 16), max(1, d_sae // 4)]
+    if not all(isinstance(m, int) and not isinstance(m, bool) for m in prefix_sizes):
+        raise ValueError(f"prefix_sizes must be integers (numbers of latents), got {prefix_sizes!r}; "
+                         f"e.g. [{max(1, d_sae // 16)}, {max(1, d_sae // 4)}].")
+    sizes = sorted(set(prefix_sizes))
+    if not sizes or sizes[0] < 1 or sizes[-1] > d_sae:
+        raise ValueError(f"prefix_sizes must be non-empty and lie in [1, d_sae={d_sae}], got {prefix_sizes}.")
+    return sizes if sizes[-1] == d_sae else sizes + [d_sae]
+
+
+class MatryoshkaSAE(_Matryoshka, BatchTopKSAE):
+    """Matryoshka SAE with BatchTopK (Bussmann et al. 2025): ``prefix_sizes`` plus BatchTopKSAE's
+    arguments (k, k_aux, aux_coeff, dead_window, threshold_momentum)."""
+
+
+class MatryoshkaTopKSAE(_Matryoshka, TopKSAE):
+    """Matryoshka SAE with a per-input TopK: ``prefix_sizes`` plus TopKSAE's arguments."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BaseSAE, mse
+from .base import BaseSAE, Encoding, mse
 
 
-class ReLUSAE(BaseSAE):
+class ReLUSAE(BaseSAE, sae_lens_default=True):
     """L1-penalised ReLU SAE. ``l1_coeff`` is λ above (in units where E||x|| = √d_in)."""
 
     architecture = "standard"
@@ -34,8 +34,8 @@ class ReLUSAE(BaseSAE):
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
-    def loss_terms(self, x: Tensor, x_hat: Tensor, latents: Tensor, pre: Tensor) -> dict[str, Tensor]:
-        l1 = latents.sum(dim=-1).mean()  # latents >= 0, so this is ||f||₁ (unit-norm decoder)
+    def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
+        l1 = enc.latents.sum(dim=-1).mean()  # latents >= 0, so this is ||f||₁ (unit-norm decoder)
         return {"mse": mse(x_hat, x), "l1": self.sparsity_warmup * self.l1_coeff * l1}
 
     def config(self) -> dict:

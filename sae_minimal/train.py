@@ -74,6 +74,11 @@ def _batches(activations: Tensor | Iterable[Tensor], batch_size: int, seed: int)
             yield batch
 
 
+def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
+    yield first
+    yield from rest
+
+
 def _lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -116,7 +121,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         normalize:   train on x·s with s = √d_in / E||x||; s is folded into the SAE at the end.
         b_dec_init:  "geometric_median", "mean" or "zeros" (skipped when continuing training).
         dead_window: tokens without firing after which a latent counts as dead in the History
-                     (default: the SAE's own ``dead_window`` if it has one, else 100k tokens).
+                     (default: the SAE's own ``dead_window``).
         seed:        seeds the shuffling, so two runs with the same seed see the same batches.
     """
     if b_dec_init not in ("geometric_median", "mean", "zeros"):
@@ -144,7 +149,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
 
     # 1. normalisation scale s: the SAE is trained on s·x
     scale = math.sqrt(sae.d_in) / float(sample.norm(dim=-1).mean().clamp_min(1e-8)) if normalize else 1.0
-    continuing = getattr(sae, "trained_tokens", 0) > 0
+    continuing = sae.trained_tokens > 0
     if continuing:
         sae.fold_input_scale(1.0 / scale)  # back to normalised units
     elif b_dec_init != "zeros":  # 2. b_dec
@@ -157,7 +162,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     warmup = lr_warmup_steps if lr_warmup_steps is not None else min(1000, max(1, (n_steps or 10_000) // 20))
     sparsity_warmup_steps = max(1, int((n_steps or 10_000) * sparsity_warmup_frac))
     log_every = log_every or max(1, (n_steps or 1000) // 200)
-    dead_window = dead_window or getattr(sae, "dead_window", 100_000)
+    dead_window = dead_window or sae.dead_window
     opt = make_adam(sae.parameters(), lr=lr, betas=betas)
     history = History(input_scale=scale)
     sae.train()
@@ -196,24 +201,19 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
-        if hasattr(sae, "calibrate_threshold") and step > 0:   # BatchTopK: θ from the final weights
-            sae.calibrate_threshold(sample * scale, batch_size)
+        if step > 0:
+            sae.after_training(sample * scale, batch_size)   # e.g. BatchTopK: θ from the final weights
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         history["seconds"] = time.perf_counter() - t_start
         history["data_seconds"] = data_seconds  # time spent waiting for batches (the data path)
         sae.fold_input_scale(scale)
-        sae.trained_tokens = getattr(sae, "trained_tokens", 0) + tokens
+        sae.trained_tokens += tokens
         sae.sparsity_warmup = 1.0
         sae.eval()
     if step == 0:
         raise ValueError("No training step ran: the activations produced no batch.")
     return history
-
-
-def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
-    yield first
-    yield from rest
 
 
 @torch.no_grad()

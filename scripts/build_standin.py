@@ -214,7 +214,7 @@ def main() -> None:
 def write_card(out: Path, s: dict, samples: list[str]) -> None:
     text = f"""# Stand-in model card: `shakespeare-gpt2-mini`
 
-A small GPT-2-architecture transformer that `sae_minimal.models.load_lm` uses when GPT-2 small cannot be
+A small GPT-2-architecture transformer that `sae_minimal.lm.models.load_lm` uses when GPT-2 small cannot be
 downloaded (offline machines, CI). Rebuild it from scratch with `python scripts/build_standin.py`.
 
 | | |

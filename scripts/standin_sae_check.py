@@ -15,10 +15,10 @@ import tempfile
 import torch
 
 import sae_minimal as sm
-from sae_minimal.activations import cache_activations
-from sae_minimal.evaluation import splice_eval
-from sae_minimal.models import load_lm
-from sae_minimal.text import corpus_tokens
+from sae_minimal.lm.activations import cache_activations
+from sae_minimal.lm.evaluation import splice_eval
+from sae_minimal.lm.models import load_lm
+from sae_minimal.lm.text import corpus_tokens
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("SAE_MINIMAL_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("SAE_MINIMAL_FAST", "1")
-# Activations and SAEs the notebooks cache (sae_minimal.lab) go to a folder of this test session, shared by
+# Activations and SAEs the notebooks cache (sae_minimal.lm.lab) go to a folder of this test session, shared by
 # notebooks 04-06 so the activations are cached once, and removed at the end.
 _SESSION_CACHE = None
 if "SAE_MINIMAL_CACHE" not in os.environ:
@@ -32,5 +32,5 @@ def _seed():
 @pytest.fixture(scope="session")
 def easy_data():
     """Ground truth in mild superposition: 128 features in 64 dimensions, ~3.9 active per input."""
-    from sae_minimal.data import make_synthetic
+    from sae_minimal.synthetic import make_synthetic
     return make_synthetic(d_in=64, n_features=128, n_samples=60_000, p=0.03, seed=0)

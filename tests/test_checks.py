@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sae_minimal import checks
+from sae_minimal.course import checks
 from sae_minimal.topk import topk_relu
 
 
@@ -189,23 +189,32 @@ def test_ablate_latent():
 
 
 # --- Notebook 06: Matryoshka loss ---
-def test_matryoshka_loss():
-    from sae_minimal.checks import _matryoshka_reference as ref
+def _prefix_mse(x, z, W, b, m, *, start=0):
+    """Written out here, independently of the checker: ||x - (z[:, start:m] @ W[start:m] + b)||², batch mean."""
+    return (z[:, start:m] @ W[start:m] + b - x).pow(2).sum(-1).mean()
 
-    checks.check_matryoshka_loss(ref)
-    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s[-1:]), "only counted")
-    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, reduce="mean"), "sum them")
-    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, from_end=True), "first")
-    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b * 0, s), "decoder bias")
-    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: ref(x, z, W, b, s, per_elem=True), "d_in")
+
+def test_matryoshka_loss():
+    right = lambda x, z, W, b, s: sum(_prefix_mse(x, z, W, b, m) for m in s)  # noqa: E731
+    checks.check_matryoshka_loss(right)
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: _prefix_mse(x, z, W, b, s[-1]), "only counted")
+    fails_with(checks.check_matryoshka_loss,
+               lambda x, z, W, b, s: torch.stack([_prefix_mse(x, z, W, b, m) for m in s]).mean(), "sum them")
+    fails_with(checks.check_matryoshka_loss,   # the *last* m latents instead of the first m
+               lambda x, z, W, b, s: sum(_prefix_mse(x, z, W, b, z.shape[1], start=z.shape[1] - m) for m in s),
+               "first")
+    fails_with(checks.check_matryoshka_loss,
+               lambda x, z, W, b, s: sum(_prefix_mse(x, z, W, b * 0, m) for m in s), "decoder bias")
+    fails_with(checks.check_matryoshka_loss,   # mean over d_in as well as over the batch
+               lambda x, z, W, b, s: sum((z[:, :m] @ W[:m] + b - x).pow(2).mean() for m in s), "d_in")
 
 
 def test_matryoshka_reference_matches_the_library():
     """The checker's reference is the library's loss: MatryoshkaSAE's prefix MSE terms summed."""
     import sae_minimal as sm
-    from sae_minimal.checks import _matryoshka_reference as ref
+    from sae_minimal.course.checks import _matryoshka_reference as ref
 
-    sae = sm.MatryoshkaSAE(6, 24, k=4, prefix_sizes=[3, 8], activation="topk").eval()
+    sae = sm.MatryoshkaTopKSAE(6, 24, k=4, prefix_sizes=[3, 8]).eval()
     x = torch.randn(16, 6)
     out = sae(x)
     mse_terms = sum(v for k, v in out.losses.items() if k.startswith("mse"))

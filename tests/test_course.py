@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sae_minimal import course
+from sae_minimal.course import cli as course
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

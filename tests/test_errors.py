@@ -57,8 +57,10 @@ def test_bad_constructor_arguments():
         sm.ReLUSAE(16, 32, l1_coeff=-1)
     with pytest.raises(ValueError, match="bandwidth > 0"):
         sm.JumpReLUSAE(16, 32, bandwidth=0)
-    with pytest.raises(ValueError, match="'topk' or 'batchtopk'"):
-        sm.MatryoshkaSAE(16, 32, activation="relu")
+    with pytest.raises(ValueError, match="prefix_sizes must be integers"):
+        sm.MatryoshkaSAE(16, 32, prefix_sizes=[4.0, 8])
+    with pytest.raises(ValueError, match=r"lie in \[1, d_sae=32\]"):
+        sm.MatryoshkaSAE(16, 32, prefix_sizes=[4, 64])
 
 
 def test_bad_decode_shape(sae):

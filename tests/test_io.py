@@ -12,7 +12,7 @@ from sae_minimal import CheckpointError, load_sae, save_sae
 VARIANTS = [
     (sm.ReLUSAE, {}), (sm.TopKSAE, {"k": 4}), (sm.JumpReLUSAE, {}), (sm.GatedSAE, {}),
     (sm.BatchTopKSAE, {"k": 4}), (sm.MatryoshkaSAE, {"k": 4, "prefix_sizes": [4, 8]}),
-    (sm.MatryoshkaSAE, {"k": 4, "activation": "topk"}),
+    (sm.MatryoshkaTopKSAE, {"k": 4}),
 ]
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sae_minimal as sm
-from sae_minimal.metrics import relative_reconstruction_bias
-from sae_minimal.splitting import children, firing_recall, nearest
+from sae_minimal.lm.splitting import children, firing_recall
+from sae_minimal.metrics import nearest, relative_reconstruction_bias
 
 pytest.importorskip("transformer_lens")
 
@@ -65,8 +65,8 @@ def test_firing_recall_known_answer():
 # --- steering and ablation on the stand-in -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def standin():
-    from sae_minimal.models import load_standin
-    from sae_minimal.text import corpus_tokens
+    from sae_minimal.lm.models import load_standin
+    from sae_minimal.lm.text import corpus_tokens
 
     model = load_standin()
     return model, corpus_tokens(model.tokenizer, "held_out", 32, n_windows=6, seed=0)
@@ -76,7 +76,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 
 def test_generate_is_reproducible_and_alpha_zero_is_unsteered(standin):
-    from sae_minimal.steering import generate, random_direction
+    from sae_minimal.lm.steering import generate, random_direction
 
     model, tokens = standin
     prompts = tokens[:, :8]
@@ -90,7 +90,7 @@ def test_generate_is_reproducible_and_alpha_zero_is_unsteered(standin):
 
 
 def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
-    from sae_minimal.steering import concept_logprob
+    from sae_minimal.lm.steering import concept_logprob
 
     model, tokens = standin
     concept = torch.tensor([100, 200])
@@ -105,7 +105,7 @@ def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
 
 
 def test_ablation_effect_known_answers(standin):
-    from sae_minimal.steering import ablate_latent, ablation_effect, clean_token_ce
+    from sae_minimal.lm.steering import ablate_latent, ablation_effect, clean_token_ce
 
     model, tokens = standin
     sae = sm.TopKSAE(256, 512, k=8).eval()
@@ -114,7 +114,7 @@ def test_ablation_effect_known_answers(standin):
     expected = x - sae.encode(x)[:, latent, None] * sae.W_dec[latent]
     assert torch.allclose(ablate_latent(x, sae, latent), expected)
 
-    from sae_minimal.activations import run_to_hook
+    from sae_minimal.lm.activations import run_to_hook
     acts = run_to_hook(model, tokens, HOOK)
     busy = int(sae.encode(acts[:, 1:-1]).gt(0).flatten(0, 1).sum(0).argmax())
     with torch.no_grad():
@@ -125,10 +125,41 @@ def test_ablation_effect_known_answers(standin):
     assert effect["control"].abs().max() == 0.0   # ...and the control's norm is matched to ||d_i|| = 0
 
 
+def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
+    """With a real direction: the loss change where the latent fires, against the same edit made by hand (a sign
+    error, a shifted position or an unmatched control norm would all show here)."""
+    from sae_minimal.lm.activations import run_to_hook
+    from sae_minimal.lm.evaluation import per_token_ce
+    from sae_minimal.lm.steering import ablation_effect, random_direction
+
+    model, tokens = standin
+    sae = sm.TopKSAE(256, 512, k=8).eval()
+    with torch.no_grad():
+        acts = run_to_hook(model, tokens, HOOK)
+        f = sae.encode(acts)
+        latent = int(f[:, 1:-1].gt(0).flatten(0, 1).sum(0).argmax())
+        f = f[..., latent].clone()
+        f[:, 0] = f[:, -1] = 0                     # BOS is never touched; the last position predicts nothing
+        d = sae.W_dec[latent]
+        r = random_direction(256, seed=latent, norm=float(d.norm()))
+        clean = per_token_ce(model(tokens), tokens)
+        fires = f[:, :-1] > 0
+
+        def by_hand(direction):
+            hook = (HOOK, lambda act, hook: act - f[..., None] * direction)
+            return (per_token_ce(model.run_with_hooks(tokens, fwd_hooks=[hook]), tokens) - clean)[fires]
+
+        effect = ablation_effect(model, sae, HOOK, tokens, latent)
+    assert effect["ablation"].abs().max() > 1e-3, "the ablation should move the loss"
+    torch.testing.assert_close(effect["ablation"], by_hand(d), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(effect["control"], by_hand(r), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(effect["activation"], f[:, :-1][fires])
+
+
 # --- the lab -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    from sae_minimal.lab import Lab
+    from sae_minimal.lm.lab import Lab
 
     old = os.environ.get("SAE_MINIMAL_CACHE")
     os.environ["SAE_MINIMAL_CACHE"] = str(tmp_path_factory.mktemp("lab_cache"))
@@ -147,13 +178,13 @@ def _make(seed):
 
 def test_lab_trains_once_then_loads_the_same_sae(lab):
     first = lab.sae("t", _make, n_tokens=8192, progress=False)
-    assert first.history is not None and first.cache_path.is_dir()
+    assert lab.run(first).history is not None and lab.run(first).path.is_dir()
     again = lab.sae("t", _make, n_tokens=8192, progress=False)
-    assert again.history is None and again.cache_path == first.cache_path
+    assert lab.run(again).history is None and lab.run(again).path == lab.run(first).path
     assert torch.equal(again.W_dec, first.W_dec)
     other_seed = lab.sae("t", _make, n_tokens=8192, seed=1, progress=False)
     longer = lab.sae("t", _make, n_tokens=16384, progress=False)
-    assert len({first.cache_path, other_seed.cache_path, longer.cache_path}) == 3, "settings must not collide"
+    assert len({lab.run(s).path for s in (first, other_seed, longer)}) == 3, "settings must not collide"
     assert not torch.equal(other_seed.W_dec, first.W_dec)
     metrics = lab.evaluate(first)
     assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["fvu"] < 1 and 0 < metrics["ce_recovered"] <= 1.01
@@ -161,8 +192,9 @@ def test_lab_trains_once_then_loads_the_same_sae(lab):
 
 def test_lab_moves_a_corrupt_checkpoint_aside_and_retrains(lab, capsys):
     sae = lab.sae("c", _make, n_tokens=4096, progress=False)
-    (sae.cache_path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
+    (lab.run(sae).path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
     again = lab.sae("c", _make, n_tokens=4096, progress=False)
-    assert again.history is not None, "a corrupt cache entry must be retrained"
+    assert lab.run(again).history is not None, "a corrupt cache entry must be retrained"
     assert "could not be loaded" in capsys.readouterr().out
-    assert list(sae.cache_path.parent.glob(sae.cache_path.name + ".unreadable-*")), "the bad files are kept aside"
+    bad = lab.run(sae).path
+    assert list(bad.parent.glob(bad.name + ".unreadable-*")), "the bad files are kept aside"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import sae_minimal as sm
-from sae_minimal import activations as act_mod
-from sae_minimal.activations import ActivationStore, cache_activations, run_to_hook
-from sae_minimal.dashboard import LatentContext, feature_dashboard
-from sae_minimal.evaluation import latent_density, splice_eval
+from sae_minimal.lm import activations as act_mod
+from sae_minimal.lm.activations import ActivationStore, cache_activations, run_to_hook
+from sae_minimal.lm.dashboard import LatentContext, feature_dashboard
+from sae_minimal.lm.evaluation import latent_density, splice_eval
 
 transformer_lens = pytest.importorskip("transformer_lens")
 
@@ -133,7 +133,7 @@ def test_splice_eval_known_answers(tiny, tokens):
 def test_gpt2_shaped_pipeline_end_to_end(tmp_path):
     """GPT-2 small's real architecture (12 layers, d_model 768, vocab 50257), random weights: cache a mid-layer
     residual stream, train a TopK SAE from the streamed store for a few steps, splice it back in."""
-    from sae_minimal.models import gpt2_shaped
+    from sae_minimal.lm.models import gpt2_shaped
     model = gpt2_shaped()
     assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (12, 768, 50257)
     g = torch.Generator().manual_seed(0)
@@ -167,21 +167,21 @@ def test_dashboard_renders_and_refuses_overwrite(tiny, tokens, tmp_path):
 
 
 def test_load_lm_banner_offline(capsys, monkeypatch):
-    from sae_minimal import models
+    from sae_minimal.lm import models
     if not (models.STANDIN_DIR / "model.safetensors").exists():
         pytest.skip("stand-in weights not built")
     monkeypatch.setenv("SAE_MINIMAL_OFFLINE", "1")
     model = models.load_lm()
     out = capsys.readouterr().out
     assert "MODEL IN USE: the bundled stand-in" in out and "NOT GPT-2 small" in out and "SAE_MINIMAL_OFFLINE" in out
-    assert model.sae_minimal_name == "standin" and model.cfg.n_layers == 4
+    assert models.lm_name(model) == "standin" and model.cfg.n_layers == 4
     with pytest.raises(ValueError, match="'gpt2', 'standin' or None"):
         models.load_lm("llama")
 
 
 def test_standin_is_a_real_language_model():
     """The model card's claim, re-measured: held-out loss at least 1.5 nats below the unigram baseline."""
-    from sae_minimal import models, text
+    from sae_minimal.lm import models, text
     if not (models.STANDIN_DIR / "model.safetensors").exists():
         pytest.skip("stand-in weights not built")
     model = models.load_lm("standin", verbose=False)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sae_minimal import metrics
-from sae_minimal.data import make_synthetic
+from sae_minimal.synthetic import make_synthetic
 
 
 def test_fvu_known_values():

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import sae_minimal as sm
-from sae_minimal.data import magnitude_ratio, make_synthetic, recovery
+from sae_minimal.metrics import magnitude_ratio, recovery
+from sae_minimal.synthetic import make_synthetic
 
 VARIANTS = [
     (sm.TopKSAE, {"k": 6}), (sm.BatchTopKSAE, {"k": 6}), (sm.JumpReLUSAE, {}), (sm.GatedSAE, {}),

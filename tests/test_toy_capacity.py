@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sae_minimal import capacity, toy
+from sae_minimal.theory import capacity, toy
 
 
 def test_toy_sweep_reproduces_known_regimes():

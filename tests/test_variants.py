@@ -69,41 +69,43 @@ def test_batchtopk_untrained_inference_says_what_to_do():
 
 
 def test_jumprelu_passes_values_above_threshold_unchanged():
+    from sae_minimal.jumprelu import jumprelu
     sae = sm.JumpReLUSAE(4, 3)
     with torch.no_grad():
         sae.log_threshold.copy_(torch.tensor([1.0, 2.0, 3.0]).log())
     pre = torch.tensor([[0.5, 2.5, 3.0], [1.5, 1.9, 7.0]])
-    z = sae.activation(pre)
+    z = jumprelu(pre, sae.threshold, sae.bandwidth)
     assert z.tolist() == [[0.0, 2.5, 0.0], [1.5, 0.0, 7.0]]  # 3.0 is not > 3.0
 
 
 def test_jumprelu_threshold_gradient_matches_ste_formula():
     # One latent, θ = 1, ε = 0.5, z = 1.2: |z - θ|/ε = 0.4 < 1/2, so K = 1.
     # ∂ JumpReLU/∂θ = -(θ/ε)·K = -2;  ∂ H/∂θ = -(1/ε)·K = -2.  z = 1.6: |0.6/0.5| > 1/2, K = 0.
-    from sae_minimal.jumprelu import jumprelu, step
+    from sae_minimal.kernels import jumprelu_l0
     theta = torch.tensor([1.0], requires_grad=True)
     z = torch.tensor([[1.2], [1.6]], requires_grad=True)
-    jumprelu(z, theta, 0.5).sum().backward()
+    jumprelu_l0(z, theta, 0.5).latents.sum().backward()
     assert theta.grad.item() == pytest.approx(-2.0)
     assert z.grad.flatten().tolist() == [1.0, 1.0]  # true gradient wrt z: H(z - θ)
     theta.grad = None
     z.grad = None
     theta2 = torch.tensor([2.0], requires_grad=True)
-    step(z, theta2, 1.0).sum().backward()   # ε=1: z=1.2: |u|=0.8 -> K=0; z=1.6: |u|=0.4 -> K=1, -1/ε
+    jumprelu_l0(z, theta2, 1.0).l0.sum().backward()  # ε=1: z=1.2: |u|=0.8 -> K=0; z=1.6: |u|=0.4 -> -1/ε
     assert theta2.grad.item() == pytest.approx(-1.0)
     assert z.grad.abs().sum() == 0            # the step passes no gradient to z
 
 
 def test_jumprelu_log_threshold_gets_chain_rule_gradient():
+    from sae_minimal.jumprelu import jumprelu
     sae = sm.JumpReLUSAE(4, 1, bandwidth=0.5, init_threshold=1.0, l0_coeff=0.0)
     pre = torch.tensor([[1.2]])
-    sae.activation(pre).sum().backward()
+    jumprelu(pre, sae.threshold, sae.bandwidth).sum().backward()
     # d/d(log θ) = θ · d/dθ = 1 · (-2)
     assert sae.log_threshold.grad.item() == pytest.approx(-2.0)
 
 
 def test_matryoshka_loss_is_sum_of_prefix_losses():
-    sae = sm.MatryoshkaSAE(8, 16, k=6, prefix_sizes=[2, 4, 8], activation="topk")
+    sae = sm.MatryoshkaTopKSAE(8, 16, k=6, prefix_sizes=[2, 4, 8])
     x = torch.randn(32, 8)
     out = sae(x)
     z = out.latents
@@ -163,18 +165,12 @@ def test_auxk_revives_dead_latents_only():
     assert out.losses["auxk"] == 0
 
 
-def test_jumprelu_fused_path_matches_separate_ste_functions():
-    from sae_minimal.jumprelu import jumprelu, step
-    sae = sm.JumpReLUSAE(8, 32, bandwidth=0.5, init_threshold=0.3)
+def test_jumprelu_sae_loss_is_mse_plus_l0_price():
+    sae = sm.JumpReLUSAE(8, 32, bandwidth=0.5, init_threshold=0.3, l0_coeff=0.7)
     x = torch.randn(64, 8)
     out = sae(x)
-    out.loss.backward()
-    fused = {n: p.grad.clone() for n, p in sae.named_parameters()}
-    sae.zero_grad()
-    pre = sae.pre_acts(x)
-    z = jumprelu(pre, sae.threshold, 0.5)
-    loss = mse(z @ sae.W_dec + sae.b_dec, x) + sae.l0_coeff * step(pre, sae.threshold, 0.5).sum(-1).mean()
-    loss.backward()
-    torch.testing.assert_close(out.latents, z)
-    for n, p in sae.named_parameters():
-        torch.testing.assert_close(fused[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    on = pre > sae.threshold
+    torch.testing.assert_close(out.latents, pre * on)
+    torch.testing.assert_close(out.losses["mse"], mse(out.x_hat, x))
+    torch.testing.assert_close(out.losses["l0"], 0.7 * on.sum(-1).float().mean())

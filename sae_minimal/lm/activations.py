@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .models import lm_name
+
 META = "meta.json"
 
 
@@ -72,7 +74,7 @@ def cache_activations(model, hook_name: str, tokens: Tensor, path: str | os.Path
         raise ValueError(f"tokens must be an integer tensor [n_windows, context], got {tuple(tokens.shape)} {tokens.dtype}.")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"model": getattr(model, "sae_minimal_name", model.cfg.model_name), "hook_name": hook_name, "d": None,
+    meta = {"model": lm_name(model), "hook_name": hook_name, "d": None,
             "dtype": str(dtype).removeprefix("torch."), "context": int(tokens.shape[1]), "n_windows": int(tokens.shape[0]),
             "drop_bos": drop_bos, "tokens_sha1": _tokens_digest(tokens), "batch_size": batch_size,
             "done_batches": 0, "shards": [], "n_rows": 0, "complete": False}

@@ -22,21 +22,22 @@ import json
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from . import __version__
+from .. import __version__
 from .activations import ActivationStore, cache_activations, run_to_hook
-from .base import BaseSAE
+from ..base import BaseSAE
 from .evaluation import latent_density, splice_eval
-from .io import CheckpointError, load_sae, save_sae
-from .metrics import fvu, l0, relative_reconstruction_bias
-from .models import load_lm
+from ..io import CheckpointError, load_sae, save_sae
+from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
+from .models import lm_name, load_lm
 from .text import load_tokens
-from .train import default_lr, train_sae
+from ..train import History, default_lr, train_sae
 
 # The residual stream in the middle of each model: block 2 of the stand-in's 4, block 6 of GPT-2 small's 12.
 HOOKS = {"standin": "blocks.2.hook_resid_post", "gpt2": "blocks.6.hook_resid_post"}
@@ -52,6 +53,15 @@ DENSE = 0.1  # a latent firing on more than 10% of tokens counts as dense
 # million, and 4x that rate gets much further in them: TopK k=16, 2048 latents, 600k stand-in tokens, held-out FVU
 # 0.166 at the default rate vs 0.123 at 4x, for a few per cent more dead latents (measured while writing notebook 04).
 LR_MULTIPLIER = 4.0
+
+
+class LabRun(NamedTuple):
+    """Where ``Lab.sae`` got an SAE from (``lab.run(sae)``)."""
+
+    path: Path
+    """The cache folder the SAE is saved in."""
+    history: History | None
+    """The History of a run trained just now; None when the SAE was loaded from the cache."""
 
 
 def is_fast() -> bool:
@@ -78,7 +88,7 @@ class Lab:
         self.fast = is_fast() if fast is None else fast
         self.device = torch.device(device)
         self.model = load_lm(model_name, device=device, verbose=verbose)
-        self.model_name = self.model.sae_minimal_name
+        self.model_name = lm_name(self.model)
         self.hook = HOOKS[self.model_name]
         self.d_in = self.model.cfg.d_model
         self.d_sae = expansion * self.d_in
@@ -89,6 +99,7 @@ class Lab:
         self._eval_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
         self._density_rows: Tensor | None = None
+        self._runs: weakref.WeakKeyDictionary[BaseSAE, LabRun] = weakref.WeakKeyDictionary()
         if verbose:
             print(f"Lab: {self.model_name} at {self.hook} (d_in {self.d_in}, d_sae {self.d_sae}); "
                   f"{'FAST' if self.fast else 'full'} mode: {self.tokens.numel():,} cached tokens, "
@@ -123,7 +134,7 @@ class Lab:
         on to the SAE's constructor) and the order of the training data. ``lr`` defaults to ``LR_MULTIPLIER`` times
         ``train.default_lr(d_sae)``; other keyword arguments go to ``train_sae``.
 
-        ``sae.history`` holds the History of a run trained now (None when loaded); ``sae.cache_path`` its folder.
+        ``lab.run(sae)`` says where it came from: its cache folder and, if trained now, its History.
         """
         n_tokens = n_tokens or self.size["train_tokens"]
         torch.manual_seed(seed)
@@ -134,7 +145,7 @@ class Lab:
         if path.is_dir():
             try:
                 loaded = load_sae(path, device=self.device)
-                loaded.history, loaded.cache_path = None, path
+                self._runs[loaded] = LabRun(path, None)
                 return loaded
             except (CheckpointError, FileNotFoundError) as e:
                 aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
@@ -144,8 +155,14 @@ class Lab:
         history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed), n_tokens=n_tokens,
                             batch_size=batch_size, lr=lr, seed=seed, progress=progress, device=self.device, **train_kw)
         save_sae(sae, path)
-        sae.history, sae.cache_path = history, path
+        self._runs[sae] = LabRun(path, history)
         return sae
+
+    def run(self, sae: BaseSAE) -> LabRun:
+        """(cache folder, History or None) of an SAE that ``lab.sae`` returned."""
+        if sae not in self._runs:
+            raise KeyError("This SAE did not come from this lab's .sae(...): it has no cache entry here.")
+        return self._runs[sae]
 
     # --- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,7 +175,7 @@ class Lab:
         x_hat = torch.cat([o.x_hat for o in out])
         latents = torch.cat([o.latents for o in out])
         density = self.density(sae)
-        result = {"l0": l0(latents), "fvu": fvu(x, x_hat), "dead": float((density == 0).float().mean()),
+        result = {"l0": l0(latents), "fvu": fvu(x, x_hat), "dead": dead_fraction(density),
                   "dense": float((density > DENSE).float().mean()),
                   "gamma": relative_reconstruction_bias(x, x_hat, center=self._mean_act)}
         if splice:
@@ -173,4 +190,4 @@ class Lab:
         return latent_density(sae, self._density_rows[:max_rows]).cpu()
 
 
-__all__ = ["Lab", "HOOKS", "SIZES", "cache_dir", "is_fast"]
+__all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "cache_dir", "is_fast"]

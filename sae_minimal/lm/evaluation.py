@@ -10,7 +10,7 @@ Splice the SAE's reconstruction into the forward pass at its hook and compare ne
     CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)       1 = perfect, 0 = as bad as zeroing
 
 plus KL(clean || spliced) of the next-token distributions, and FVU / L0 on the same tokens. BOS positions are
-left untouched: SAEs are trained without them (see ``sae_minimal.activations``).
+left untouched: SAEs are trained without them (see ``sae_minimal.lm.activations``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .activations import run_to_hook
-from .metrics import feature_density, fvu
+from ..metrics import dead_fraction, fvu, l0
 
 
 def _replace(act: Tensor, hook, new: Tensor) -> Tensor:
@@ -55,7 +55,8 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         logits_mean = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.expand_as(x)))])
         for key, logits in (("clean", logits_clean), ("spliced", logits_spliced), ("zero", logits_zero),
                             ("mean", logits_mean)):
-            sums[key] += float(_ce(logits, batch).sum())
+            # skip the prediction made *at* BOS (position 0), whose input is not spliced
+            sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         logp_clean = logits_clean[:, 1:-1].log_softmax(-1)
         logp_spliced = logits_spliced[:, 1:-1].log_softmax(-1)
         sums["kl"] += float((logp_clean.exp() * (logp_clean - logp_spliced)).sum())
@@ -70,16 +71,15 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / max(ce["zero"] - ce["clean"], 1e-9),
         "ce_loss_recovered_vs_mean": (ce["mean"] - ce["spliced"]) / max(ce["mean"] - ce["clean"], 1e-9),
         "ce_delta": ce["spliced"] - ce["clean"], "kl_div": sums["kl"] / n_tok,
-        "fvu": fvu(torch.cat(acts_all), torch.cat(recon_all)), "l0": float((latents != 0).sum(-1).float().mean()),
-        "dead_fraction": float((feature_density(latents) == 0).float().mean()),
+        "fvu": fvu(torch.cat(acts_all), torch.cat(recon_all)), "l0": l0(latents),
+        "dead_fraction": dead_fraction(latents),
     }
 
 
-def _ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """[batch, pos-2] next-token cross-entropy, skipping the prediction made *at* BOS (position 0), whose
-    input is not spliced."""
-    logp = logits[:, 1:-1].log_softmax(-1)
-    return -logp.gather(-1, tokens[:, 2:, None]).squeeze(-1)
+def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
+    """logits [n, pos, vocab], tokens [n, pos] -> [n, pos-1]: the loss of predicting tokens[:, t+1] at t."""
+    logp_NPV = logits[:, :-1].float().log_softmax(-1)
+    return -logp_NPV.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .models import STANDIN_DIR, offline
+from .models import STANDIN_DIR, lm_name, offline
 
 
 @lru_cache(maxsize=1)
@@ -95,7 +95,7 @@ def hf_dataset_tokens(tokenizer, dataset: str = "NeelNanda/pile-10k", context: i
 def load_tokens(model, n_windows: int, context: int = 128, split: str = "train", seed: int = 0) -> Tensor:
     """Token windows for ``model`` (from ``load_lm``): the bundled corpus for the stand-in, a web-text dataset for
     GPT-2 when online (the bundled corpus, GPT-2-tokenised, otherwise)."""
-    if getattr(model, "sae_minimal_name", "standin") == "gpt2" and not offline():
+    if lm_name(model) == "gpt2" and not offline():
         try:
             return hf_dataset_tokens(model.tokenizer, context=context, n_windows=n_windows, seed=seed)
         except Exception as e:  # noqa: BLE001

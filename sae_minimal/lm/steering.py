@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .activations import run_to_hook
+from .evaluation import per_token_ce
 
 
 def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
@@ -85,7 +86,7 @@ def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
 @torch.no_grad()
 def continuation_loss(model, tokens: Tensor, start: int) -> Tensor:
     """[n] mean cross-entropy (nats/token) the *unsteered* model assigns to tokens[:, start:]: a fluency score."""
-    return _per_token_ce(model(tokens), tokens)[:, start - 1:].mean(-1)
+    return per_token_ce(model(tokens), tokens)[:, start - 1:].mean(-1)
 
 
 def word_tokens(tokenizer, vocab_size: int, min_letters: int = 3) -> Tensor:
@@ -111,12 +112,6 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
     return x - f[..., None] * sae.W_dec[latent]
 
 
-def _per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """[n, pos-1]: the loss of predicting tokens[:, t+1] at position t."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
-
 @torch.no_grad()
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32) -> dict[str, Tensor]:
@@ -138,11 +133,11 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         if not rows.any():
             continue
         batch, f = batch[rows], f[rows]
-        clean = clean_ce[i:i + batch_size][rows] if clean_ce is not None else _per_token_ce(model(batch), batch)
+        clean = clean_ce[i:i + batch_size][rows] if clean_ce is not None else per_token_ce(model(batch), batch)
         fires = f[:, :-1] > 0
         for key, vec in (("ablation", sae.W_dec[latent]), ("control", r)):
             hook = partial(_shift, delta=-f[..., None] * vec.to(f.dtype))
-            ce = _per_token_ce(model.run_with_hooks(batch, fwd_hooks=[(hook_name, hook)]), batch)
+            ce = per_token_ce(model.run_with_hooks(batch, fwd_hooks=[(hook_name, hook)]), batch)
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
@@ -155,7 +150,7 @@ def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
 @torch.no_grad()
 def clean_token_ce(model, tokens: Tensor, batch_size: int = 32, progress: bool = False) -> Tensor:
     """[n, pos-1] per-token clean cross-entropy, for reuse across ``ablation_effect`` calls."""
-    return torch.cat([_per_token_ce(model(tokens[i:i + batch_size]), tokens[i:i + batch_size])
+    return torch.cat([per_token_ce(model(tokens[i:i + batch_size]), tokens[i:i + batch_size])
                       for i in tqdm(range(0, len(tokens), batch_size), disable=not progress, desc="clean pass")])
 
 

@@ -2,7 +2,7 @@
 the reference and with properties the answer must have, and on failure raises an AssertionError
 that says *what* is wrong and hints *why*. On success it prints one line starting with "PASSED".
 
-    from sae_minimal.checks import check_soft_threshold
+    from sae_minimal.course.checks import check_soft_threshold
     check_soft_threshold(my_soft_threshold)
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .capacity import welch_bound
-from .topk import topk_relu
-from .toy import toy_forward
+from ..theory.capacity import welch_bound
+from ..topk import topk_relu
+from ..theory.toy import toy_forward
 
 PASS_MARK = "PASSED"
 
@@ -237,7 +237,7 @@ def check_welch_bound(fn: Callable[[int, float], float]) -> None:
 
 # --- JumpReLU forward + STE backward -----------------------------------------------------------------
 def _jumprelu_reference(z, theta, eps):
-    from .jumprelu import jumprelu
+    from ..jumprelu import jumprelu
     return jumprelu(z, theta, eps)
 
 
@@ -351,7 +351,7 @@ def check_recovery_score(fn: Callable[[Tensor, Tensor, float], tuple[float, floa
 
 # --- Notebook 05: ablation through the SAE ------------------------------------------------------------
 def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
-    from .topk import TopKSAE
+    from ..topk import TopKSAE
 
     sae = TopKSAE(d_in, d_sae, k=k, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -1,4 +1,4 @@
-"""A first SAE in under a minute: `python -m sae_minimal.demo`.
+"""A first SAE in under a minute: `python -m sae_minimal.course.demo`.
 
 Builds activations that are sparse sums of 128 known feature directions squeezed into 64 dimensions
 (superposition), trains a TopK SAE on them, and reports how many of the true features it found.
@@ -10,8 +10,9 @@ import argparse
 
 import torch
 
-from . import TopKSAE, metrics, train_sae
-from .data import make_synthetic, recovery
+from .. import TopKSAE, metrics, train_sae
+from ..metrics import recovery
+from ..synthetic import make_synthetic
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-STANDIN_DIR = Path(__file__).resolve().parent / "assets" / "standin"
+STANDIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "standin"
 STANDIN_NAME = "shakespeare-gpt2-mini"
 
 
@@ -71,7 +71,8 @@ def load_standin(device: str | torch.device = "cpu"):
     if not weights.exists():
         raise FileNotFoundError(f"{weights} is missing: rebuild the stand-in with `python scripts/build_standin.py`.")
     cfg = json.loads((STANDIN_DIR / "config.json").read_text())["model"]
-    model = HookedTransformer(HookedTransformerConfig(**{**cfg, "device": str(device)}), tokenizer=standin_tokenizer())
+    config = HookedTransformerConfig(**{**cfg, "device": str(device), "model_name": STANDIN_NAME})
+    model = HookedTransformer(config, tokenizer=standin_tokenizer())
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
@@ -106,8 +107,13 @@ def load_lm(name: str | None = None, *, device: str | torch.device = "cpu", verb
             reason = f"GPT-2 small could not be downloaded ({type(e).__name__}); fell back to the stand-in"
     if verbose:
         print(banner(used, reason))
-    model.sae_minimal_name = used
     return model
+
+
+def lm_name(model) -> str:
+    """"standin" for the bundled stand-in, else the model's own ``cfg.model_name`` ("gpt2" for GPT-2 small)."""
+    name = model.cfg.model_name
+    return "standin" if name == STANDIN_NAME else name
 
 
 def gpt2_shaped(n_layers: int = 12, seed: int = 0):

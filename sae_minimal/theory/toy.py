@@ -29,10 +29,6 @@ class ToyModel:
     feature_probability: Tensor
     importance: Tensor
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [I, B, n] -> x' [I, B, n]."""
-        return toy_forward(self.W, self.b, x)
-
 
 def toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
     """x' = ReLU(Wᵀ W x + b) for W [I, m, n], b [I, n], x [I, B, n]."""

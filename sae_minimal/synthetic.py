@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..metrics import cosine_matrix, max_cosines
 
 
 @dataclass
@@ -123,37 +122,3 @@ def make_synthetic(d_in: int = 64, n_features: int = 128, n_samples: int = 50_00
     if noise > 0:
         x += noise * torch.randn(x.shape, generator=gen)
     return SyntheticData(activations=x, dictionary=dictionary, codes=codes, firing_probs=probs, parent=parent)
-
-
-def recovery(sae, true_dictionary: Tensor, threshold: float = 0.9) -> dict[str, float]:
-    """How well the SAE's decoder rows recover the true features.
-
-    Returns {"mmcs": mean over true features of the best cosine to any SAE latent,
-             "frac_recovered": fraction of true features with best cosine > ``threshold``}.
-    """
-    best = max_cosines(true_dictionary, sae.W_dec)
-    return {"mmcs": float(best.mean()), "frac_recovered": float((best > threshold).float().mean())}
-
-
-@torch.no_grad()
-def magnitude_ratio(sae, data: SyntheticData, threshold: float = 0.9, max_rows: int = 20_000) -> Tensor:
-    """Shrinkage per recovered feature: E[latent · cos] / E[true coefficient] where both fire.
-
-    Each true feature is matched to the latent with the most similar decoder row (cos > ``threshold``);
-    on inputs where the feature is present and the latent fires, the ratio compares the latent's
-    contribution along the true direction with the true magnitude (gating errors are not counted).
-    Returns [n_recovered]; values < 1 mean the SAE under-estimates magnitudes (L1 shrinkage).
-    """
-    cos = cosine_matrix(data.dictionary, sae.W_dec)          # [n_features, d_sae]
-    best_cos, best = cos.max(dim=1)
-    x, codes = data.activations[:max_rows], data.codes[:max_rows]
-    latents = sae.encode(x.to(sae.W_dec.device)).float().cpu()
-    norms = sae.W_dec.detach().float().norm(dim=-1).cpu()
-    ratios = []
-    for j in (best_cos > threshold).nonzero().squeeze(-1).tolist():
-        on = (codes[:, j] > 0) & (latents[:, best[j]] > 0)
-        if on.sum() == 0:
-            continue
-        est = latents[on, best[j]] * norms[best[j]] * best_cos[j]
-        ratios.append(est.mean() / codes[on, j].mean())
-    return torch.stack(ratios) if ratios else torch.empty(0)

@@ -4,6 +4,7 @@
     python -m sae_minimal.course run [--fast]     # execute notebooks/ in order, print a status/runtime table
     python -m sae_minimal.course check exercises/03_l1_shrinkage.ipynb   # which checkers pass, one line each
     python -m sae_minimal.course execute solutions/00_introduction.ipynb  # re-execute in place (maintainers)
+    python -m sae_minimal.course demo [--tokens N]  # a first SAE on synthetic data (= python -m sae_minimal.course.demo)
 
 One source of truth: the solution notebooks in ``solutions/``, written with nbgrader's markers.
 
@@ -25,8 +26,6 @@ import re
 import sys
 import time
 from pathlib import Path
-
-FAST = os.environ.get("SAE_MINIMAL_FAST", "0") == "1"
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -210,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("execute", help="re-execute notebooks in place, keeping their outputs")
     e.add_argument("notebooks", nargs="+")
     e.add_argument("--fast", action="store_true")
-    args = ap.parse_args(argv)
+    sub.add_parser("demo", help="train a first SAE on synthetic data (under a minute)", add_help=False)
+    args, rest = ap.parse_known_args(argv)
+    if args.cmd == "demo":
+        from .demo import main as demo
+        demo(rest)
+        return 0
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if args.cmd == "build":
         stale = build(check_only=args.check)
@@ -244,5 +250,3 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .metrics import cosine_matrix
-
-
-def nearest(W_from: Tensor, W_to: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """For each row of W_from [n, d]: (cosine [n], index [n]) of its nearest row in W_to [m, d]."""
-    best = [cosine_matrix(W_from[i:i + chunk], W_to).max(dim=1) for i in range(0, len(W_from), chunk)]
-    return torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
+from ..metrics import nearest
 
 
 def children(W_parent: Tensor, W_child: Tensor, min_cos: float = 0.5) -> dict[int, list[tuple[int, float]]]:
@@ -51,4 +45,4 @@ def firing_recall(sae_a, latents_a: Tensor, sae_b, latents_b: Tensor, x: Tensor,
     return torch.where(fired > 0, both / fired.clamp_min(1), torch.full_like(fired, float("nan")))
 
 
-__all__ = ["nearest", "children", "firing_recall"]
+__all__ = ["children", "firing_recall"]

@@ -1,0 +1,13 @@
+"""SAEs on a real language model's activations (notebooks 04-06): needs the ``lm`` extra.
+
+    models       load_lm: GPT-2 small when online, the bundled stand-in offline, with a banner
+    text         token windows from the stand-in's corpus or web text, train / held-out splits
+    activations  run_to_hook, and a resumable on-disk activation cache with a shuffling buffer
+    evaluation   splice_eval (CE loss recovered, KL), per_token_ce, latent_density
+    dashboard    feature dashboards: top contexts, logit effects, density
+    steering     steering by adding a latent's direction, ablation against matched-norm controls
+    splitting    feature splitting across widths: children, firing recall
+    lab          Lab: one model, one layer, one activation cache, SAEs trained once and cached
+
+Imports point down only: lm uses the core (base, variants, train, metrics, io), never course/.
+"""
