@@ -30,7 +30,7 @@ from .train import History, train_sae
 __version__ = "0.2.0"
 
 __all__ = [
-    "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE",
-    "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "save_sae", "load_sae", "CheckpointError",
-    "metrics",
+    "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
+    "GatedSAE", "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "save_sae",
+    "load_sae", "CheckpointError", "metrics",
 ]

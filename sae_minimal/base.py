@@ -2,20 +2,21 @@
 
 An SAE maps an activation x [d_in] to a sparse code f [d_sae] and back:
 
-    pre  = (x - b_dec) @ W_enc + b_enc            (Bricken et al. 2023, eq. 1; Gao et al. 2024, eq. 1)
-    f    = activation(pre)                         (ReLU, TopK, JumpReLU, ... : the only thing variants change)
-    x̂    = f @ W_dec + b_dec                       (W_dec rows are the feature directions d_i)
+    pre  = (x - b_dec) @ W_enc + b_enc  (Bricken et al. 2023, eq. 1; Gao et al. 2024, eq. 1)
+    f    = activation(pre)              (ReLU, TopK, JumpReLU, ... : the only thing variants change)
+    x̂    = f @ W_dec + b_dec            (W_dec rows are the feature directions d_i)
 
 Subtracting ``b_dec`` before encoding ("apply_b_dec_to_input" in SAELens) centres the data on the
 decoder bias, so the encoder sees the same centred input that the decoder reconstructs.
 
 What a variant may change is listed in one place, ``BaseSAE``'s "extension points" below; the rest
-(input checks, the forward pass, the unit-norm decoder, folding an activation scale into the weights,
-dead-latent bookkeeping, the state the trainer reads) is shared.
+(input checks, the forward pass, the unit-norm decoder, folding an activation scale into the
+weights, dead-latent bookkeeping, the state the trainer reads) is shared.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -47,36 +48,43 @@ class Encoding(NamedTuple):
     latents: Tensor
     """[B, d_sae] the sparse code f (zeros where a latent is off)."""
     pre: Tensor
-    """[B, d_sae] the pre-activations that decide firing: (x - b_dec) @ W_enc + b_enc (π_gate in Gated)."""
+    """[B, d_sae] the pre-activations that decide firing: (x - b_dec) @ W_enc + b_enc
+    (π_gate in Gated)."""
     l0: Tensor | None = None
     """[B] a differentiable count of active latents per row (JumpReLU's L0 penalty), else None."""
     topk: tuple[Tensor, Tensor] | None = None
-    """(values [B, k], indices [B, k]) when the code is also kept sparse (TopK's fast path), else None.
-    Then ``latents`` is a detached copy for metrics, and gradients flow through ``values``."""
+    """(values [B, k], indices [B, k]) when the code is also kept sparse (TopK's fast path), else
+    None. Then ``latents`` is a detached copy for metrics, and gradients flow through ``values``."""
 
 
 def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
     """Validate a batch of activations and return it; raise ``ValueError`` saying what to fix."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [..., {d_in}], got {type(x).__name__}. "
+        raise TypeError(f"{name} must be a torch.Tensor of shape [..., {d_in}], "
+                        f"got {type(x).__name__}. "
                         f"Convert with torch.as_tensor({name}, dtype=torch.float32).")
     if not x.is_floating_point():
         raise ValueError(f"{name} has dtype {x.dtype}, but activations must be floating point. "
-                         f"Did you pass token ids instead of activations? If not, use {name}.float().")
+                         "Did you pass token ids instead of activations? "
+                         f"If not, use {name}.float().")
     if x.ndim == 0 or x.shape[-1] != d_in:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, but this SAE expects [..., d_in={d_in}] "
-                         f"(the last dimension must be d_in). Check the hook/layer the activations came from.")
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, but this SAE expects "
+                         f"[..., d_in={d_in}] (the last dimension must be d_in). "
+                         "Check the hook/layer the activations came from.")
     if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): there are no activations to encode.")
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): "
+                         "there are no activations to encode.")
     if not torch.isfinite(x).all():
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN/inf values. Drop those rows (e.g. "
-                         f"{name}[torch.isfinite({name}).all(-1)]) or fix the upstream computation.")
+                         f"{name}[torch.isfinite({name}).all(-1)]) "
+                         "or fix the upstream computation.")
     return x
 
 
-# Every variant class, by name (filled as each is defined): io.load_sae finds the class to build here,
-# and SAE_LENS_DEFAULTS maps a SAELens architecture name to the class a foreign checkpoint loads as.
+# Every variant class, by name (filled as each is defined): io.load_sae finds the class to build
+# here, and SAE_LENS_DEFAULTS maps a SAELens architecture name to the class a foreign checkpoint
+# loads as.
 SAE_CLASSES: dict[str, type[BaseSAE]] = {}
 SAE_LENS_DEFAULTS: dict[str, type[BaseSAE]] = {}
 
@@ -94,8 +102,9 @@ class BaseSAE(nn.Module):
     dead latents. ``b_enc`` and ``b_dec`` start at zero (the trainer sets ``b_dec`` from the data).
 
     A variant is one file: a subclass that overrides some of the extension points below and declares
-    ``architecture`` (SAELens's name for its inference computation). ``class V(BaseSAE,
-    sae_lens_default=True)`` makes V the class that SAELens checkpoints of that architecture load as.
+    ``architecture`` (SAELens's name for its inference computation).
+    ``class V(BaseSAE, sae_lens_default=True)`` makes V the class that SAELens checkpoints of that
+    architecture load as.
     """
 
     architecture: ClassVar[str] = "base"  # the SAELens architecture name used when saving
@@ -120,7 +129,8 @@ class BaseSAE(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point dtype (e.g. torch.float32), got {dtype}.")
+            raise ValueError("dtype must be a floating-point dtype (e.g. torch.float32), "
+                             f"got {dtype}.")
         self.d_in, self.d_sae = d_in, d_sae
         self.apply_b_dec_to_input = True
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -132,22 +142,26 @@ class BaseSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
         # Tokens seen since each latent last fired: drives dead-latent metrics and AuxK (not saved).
-        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long, device=device),
-                             persistent=False)
+        self.register_buffer("tokens_since_fired",
+                             torch.zeros(d_sae, dtype=torch.long, device=device), persistent=False)
 
     # --- extension points: what a variant may override ----------------------------------------
-    # activation(pre)            the nonlinearity, when the encoder is pre -> f (ReLU, TopK, BatchTopK)
-    # encode_flat(x)             the whole encoder, when it is more than that (Gated, JumpReLU, TopK fast)
+    # activation(pre)            the nonlinearity, when the encoder is pre -> f
+    #                            (ReLU, TopK, BatchTopK)
+    # encode_flat(x)             the whole encoder, when it is more than that
+    #                            (Gated, JumpReLU, TopK fast)
     # decode_flat(enc)           the decoder, when it can skip the zeros (TopK's fast path)
     # loss_terms(x, x_hat, enc)  the sparsity penalty and auxiliary losses
     # config()                   hyperparameters saved in cfg.json and used by the lab's cache key
-    # fold_input_scale(s)        extend (call super) for parameters not simply in x's units (JumpReLU)
+    # fold_input_scale(s)        extend (call super) for parameters not simply in x's units
+    #                            (JumpReLU)
     # after_training(x, B)       a calibration step once training ends (BatchTopK's threshold)
     # sae_lens_weights(), load_sae_lens_weights(w), sae_lens_cfg(), kwargs_from_sae_lens_cfg(cfg)
     #                            the variant's own mapping to and from SAELens's checkpoint (io.py)
     def activation(self, pre: Tensor) -> Tensor:
         """pre-activations [B, d_sae] -> latents [B, d_sae]."""
-        raise NotImplementedError(f"{type(self).__name__} must override activation() or encode_flat().")
+        raise NotImplementedError(f"{type(self).__name__} must override activation() "
+                                  "or encode_flat().")
 
     def encode_flat(self, x: Tensor) -> Encoding:
         """x [B, d_in] (already checked) -> Encoding(latents [B, d_sae], pre [B, d_sae])."""
@@ -159,7 +173,8 @@ class BaseSAE(nn.Module):
         return torch.addmm(self.b_dec, enc.latents, self.W_dec)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
-        """Named, already-weighted loss terms for a flat batch x [B, d_in]. Default: reconstruction."""
+        """Named, already-weighted loss terms for a flat batch x [B, d_in].
+        Default: reconstruction."""
         return {"mse": mse(x_hat, x)}
 
     def config(self) -> dict:
@@ -175,7 +190,8 @@ class BaseSAE(nn.Module):
 
     @torch.no_grad()
     def load_sae_lens_weights(self, weights: dict[str, Tensor]) -> None:
-        """Copy checkpoint tensors (already shape-checked against ``sae_lens_weights``) into the SAE."""
+        """Copy checkpoint tensors (already shape-checked against ``sae_lens_weights``)
+        into the SAE."""
         for name, param in self.sae_lens_weights().items():
             param.copy_(weights[name])
 
@@ -205,7 +221,8 @@ class BaseSAE(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         """latents [..., d_sae] -> x_hat [..., d_in]."""
         if latents.shape[-1] != self.d_sae:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected [..., d_sae={self.d_sae}].")
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, "
+                             f"expected [..., d_sae={self.d_sae}].")
         flat_BS = latents.reshape(-1, self.d_sae).to(self.W_dec.dtype)
         x_hat_BD = torch.addmm(self.b_dec, flat_BS, self.W_dec)
         return x_hat_BD.reshape(*latents.shape[:-1], self.d_in)
@@ -219,7 +236,8 @@ class BaseSAE(nn.Module):
             self._update_dead_counter(enc.latents)
         losses = self.loss_terms(flat, x_hat, enc)
         lead = x.shape[:-1]
-        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=enc.latents.reshape(*lead, self.d_sae),
+        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in),
+                         latents=enc.latents.reshape(*lead, self.d_sae),
                          loss=sum(losses.values()), losses=losses)
 
     # --- training support -----------------------------------------------------------------------
@@ -230,8 +248,8 @@ class BaseSAE(nn.Module):
         self.tokens_since_fired[fired] = 0
 
     def dead_mask(self, window: int | None = None) -> Tensor:
-        """[d_sae] bool: latents that have not fired in the last ``window`` (default ``dead_window``)
-        training tokens."""
+        """[d_sae] bool: latents that have not fired in the last ``window`` (default
+        ``dead_window``) training tokens."""
         return self.tokens_since_fired >= (window if window is not None else self.dead_window)
 
     @torch.no_grad()
@@ -241,12 +259,14 @@ class BaseSAE(nn.Module):
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
-        """Project out the gradient component parallel to each decoder row, so a step moves directions
-        along the unit sphere instead of growing them (Bricken et al. 2023, 'Autoencoder')."""
+        """Project out the gradient component parallel to each decoder row, so a step moves
+        directions along the unit sphere instead of growing them (Bricken et al. 2023,
+        'Autoencoder')."""
         if self.W_dec.grad is None:
             return
         W, G = self.W_dec, self.W_dec.grad
-        G -= (G * W).sum(dim=-1, keepdim=True) * W / (W * W).sum(dim=-1, keepdim=True).clamp_min(1e-16)
+        G -= ((G * W).sum(dim=-1, keepdim=True) * W
+              / (W * W).sum(dim=-1, keepdim=True).clamp_min(1e-16))
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:
@@ -254,8 +274,8 @@ class BaseSAE(nn.Module):
 
         pre(scale*x) / scale == (x - b_dec/scale) @ W_enc + b_enc/scale, so dividing the biases (and
         thresholds) by ``scale`` divides every pre-activation by it; ReLU / TopK / JumpReLU / gates
-        commute with a positive rescale, so latents are divided by ``scale`` too and decoding them with
-        the unchanged unit-norm W_dec gives x̂ / scale.
+        commute with a positive rescale, so latents are divided by ``scale`` too and decoding them
+        with the unchanged unit-norm W_dec gives x̂ / scale.
         """
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}.")
@@ -270,3 +290,12 @@ class BaseSAE(nn.Module):
 def mse(x_hat: Tensor, x: Tensor) -> Tensor:
     """Squared reconstruction error ||x - x̂||², summed over d_in and averaged over the batch."""
     return (x_hat - x).pow(2).sum(dim=-1).mean()
+
+
+def check_coeff(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite number >= 0 (a penalty's coefficient); otherwise a
+    ValueError naming the argument."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be >= 0 and finite, got {value!r}.")
+    return float(value)

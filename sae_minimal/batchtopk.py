@@ -6,8 +6,9 @@ Inference:  f = pre · 1[pre > θ]              a JumpReLU with one global thres
 Relaxing TopK from "k per input" to "k on average over the batch" lets easy inputs use fewer latents
 and hard ones more. At inference the batch is gone, so θ is estimated during training as a running
 average of the smallest activation BatchTopK kept (sec. 3 of the paper), and re-estimated with the
-final weights when training ends (``calibrate_threshold``): in short runs the activations drift faster
-than the running average follows, which left the inference L0 at about half of k on the stand-in.
+final weights when training ends (``calibrate_threshold``): in short runs the activations drift
+faster than the running average follows, which left the inference L0 at about half of k on the
+stand-in.
 The loss is reconstruction plus AuxK, exactly as for TopK.
 
 Saved in SAELens's format as a ``jumprelu`` SAE (threshold θ for every latent): that *is* its
@@ -24,15 +25,16 @@ from .topk import TopKSAE
 
 def batch_topk_relu(pre: Tensor, k: int) -> Tensor:
     """Keep the k·B largest ReLU'd entries of pre [B, d_sae] over the whole batch, zero the rest."""
-    acts = pre.relu().flatten()
+    acts = pre.relu().flatten()  # [B·d_sae]
     n_keep = min(k * pre.shape[0], acts.numel())
     values, indices = acts.topk(n_keep, sorted=False)
     return torch.zeros_like(acts).scatter_(0, indices, values).reshape(pre.shape)
 
 
 class BatchTopKSAE(TopKSAE):
-    """BatchTopK SAE: TopKSAE's arguments (``k`` is now the *average* L0), plus ``threshold_momentum``
-    for the running average of θ. Loss: reconstruction + AuxK, inherited from TopKSAE."""
+    """BatchTopK SAE: TopKSAE's arguments (``k`` is now the *average* L0), plus
+    ``threshold_momentum`` for the running average of θ. Loss: reconstruction + AuxK, inherited
+    from TopKSAE."""
 
     architecture = "jumprelu"
     scaled_with_input = ("b_enc", "b_dec", "threshold")
@@ -48,8 +50,9 @@ class BatchTopKSAE(TopKSAE):
     def activation(self, pre: Tensor) -> Tensor:
         if not self.training:
             if (self.threshold < 0).any():
-                raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it first (train_sae "
-                                   "estimates θ), or call sae.train() to use batch-level TopK.")
+                raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it first "
+                                   "(train_sae estimates θ), or call sae.train() to use "
+                                   "batch-level TopK.")
             return pre * (pre > self.threshold)
         latents = batch_topk_relu(pre, self.k)
         self._update_threshold(latents)
@@ -78,8 +81,9 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:
-        """Set θ from the final weights: the mean, over batches of ``x`` [N, d_in] (training units), of the
-        smallest activation BatchTopK keeps -- the paper's estimate without the running average's lag."""
+        """Set θ from the final weights: the mean, over batches of ``x`` [N, d_in] (training
+        units), of the smallest activation BatchTopK keeps -- the paper's estimate without the
+        running average's lag."""
         smallest = []
         for batch in x.split(batch_size):
             latents = batch_topk_relu(self.pre_acts(batch), self.k)

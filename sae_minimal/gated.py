@@ -3,8 +3,8 @@ Autoencoders' (arXiv:2404.16014).
 
 Two paths share one encoder matrix W_gate (called ``W_enc`` here and in SAELens):
 
-    π_gate = (x - b_dec) @ W_gate + b_gate                  which latents fire   (eq. 6)
-    π_mag  = (x - b_dec) @ (W_gate ⊙ exp(r_mag)) + b_mag      how strongly        (eq. 7: weight sharing)
+    π_gate = (x - b_dec) @ W_gate + b_gate                which latents fire (eq. 6)
+    π_mag  = (x - b_dec) @ (W_gate ⊙ exp(r_mag)) + b_mag  how strongly       (eq. 7: weight sharing)
     f      = 1[π_gate > 0] ⊙ ReLU(π_mag)
 
 The L1 penalty acts on the gate path only, so it decides *which* latents fire without shrinking
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import BaseSAE, Encoding, mse
+from .base import BaseSAE, Encoding, check_coeff, mse
 from .kernels import encoder_pre_acts
 
 
@@ -33,9 +33,7 @@ class GatedSAE(BaseSAE, sae_lens_default=True):
 
     def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 1.0, **kw):
         super().__init__(d_in, d_sae, **kw)
-        if l1_coeff < 0:
-            raise ValueError(f"l1_coeff must be >= 0, got {l1_coeff}.")
-        self.l1_coeff = float(l1_coeff)
+        self.l1_coeff = check_coeff("l1_coeff", l1_coeff)
         del self.b_enc  # the paper's two biases replace it
         self.b_gate = nn.Parameter(torch.zeros_like(self.b_dec.new_empty(d_sae)))
         self.b_mag = nn.Parameter(torch.zeros_like(self.b_gate))
@@ -70,5 +68,5 @@ class GatedSAE(BaseSAE, sae_lens_default=True):
         return {"l1_coeff": self.l1_coeff}
 
     def sae_lens_weights(self) -> dict[str, Tensor]:
-        return {"W_enc": self.W_enc, "b_gate": self.b_gate, "b_mag": self.b_mag, "r_mag": self.r_mag,
-                "W_dec": self.W_dec, "b_dec": self.b_dec}
+        return {"W_enc": self.W_enc, "b_gate": self.b_gate, "b_mag": self.b_mag,
+                "r_mag": self.r_mag, "W_dec": self.W_dec, "b_dec": self.b_dec}

@@ -43,8 +43,9 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
         init_threshold: initial θ for every latent.
 
     Defaults are in the trainer's normalised units (E||x|| = √d_in). A wide kernel (ε = 2, as in
-    Anthropic's 2025 JumpReLU recipe) gives every threshold a gradient from the start; with the paper's
-    ε = 0.001 thresholds of latents that fire far above θ barely move and the SAE can stay dense.
+    Anthropic's 2025 JumpReLU recipe) gives every threshold a gradient from the start; with the
+    paper's ε = 0.001 thresholds of latents that fire far above θ barely move and the SAE can stay
+    dense.
     """
 
     architecture = "jumprelu"
@@ -53,11 +54,13 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
                  init_threshold: float = 1.0, **kw):
         super().__init__(d_in, d_sae, **kw)
         if bandwidth <= 0 or init_threshold <= 0 or l0_coeff < 0:
-            raise ValueError("JumpReLUSAE needs bandwidth > 0, init_threshold > 0 and l0_coeff >= 0; got "
-                             f"bandwidth={bandwidth}, init_threshold={init_threshold}, l0_coeff={l0_coeff}.")
+            raise ValueError("JumpReLUSAE needs bandwidth > 0, init_threshold > 0 and "
+                             f"l0_coeff >= 0; got bandwidth={bandwidth}, "
+                             f"init_threshold={init_threshold}, l0_coeff={l0_coeff}.")
         self.l0_coeff, self.bandwidth = float(l0_coeff), float(bandwidth)
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold),
-                                                     dtype=self.W_enc.dtype, device=self.W_enc.device))
+                                                     dtype=self.W_enc.dtype,
+                                                     device=self.W_enc.device))
 
     @property
     def threshold(self) -> Tensor:
@@ -65,7 +68,8 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
         return self.log_threshold.exp()
 
     def encode_flat(self, x: Tensor) -> Encoding:
-        """x [B, d_in] -> Encoding(latents = JumpReLU_θ(pre), pre, l0 = Σ_i H(pre_i - θ_i) per row)."""
+        """x [B, d_in] -> Encoding(latents = JumpReLU_θ(pre), pre,
+        l0 = Σ_i H(pre_i - θ_i) per row)."""
         pre = self.pre_acts(x)
         latents, l0_rows = jumprelu_l0(pre, self.threshold, self.bandwidth)
         return Encoding(latents, pre, l0=l0_rows)

@@ -1,12 +1,16 @@
 """Speed code, kept apart from the variants so those read like their papers.
 
-Each function here equals a plain formula, written in its docstring, and a test proves it (named there):
-the variant files call these where the fast path applies and say which formula they stand for.
+Each function here equals a plain formula, written in its docstring, and a test proves it (named
+there): the variant files call these where the fast path applies and say which formula they stand
+for.
 
     encoder_pre_acts   (x - b_dec) @ W_enc + b_enc, with b_dec folded into the bias
-    sparse_decode      Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec): decode k latents, not d_sae
-    topk_encode        TopK of the pre-activations, with a backward that touches only the selected columns
-    jumprelu_l0        JumpReLU and its L0 count in one pass, with the straight-through threshold gradients
+    sparse_decode      Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec): decode k latents,
+                       not d_sae
+    topk_encode        TopK of the pre-activations, with a backward that touches only the
+                       selected columns
+    jumprelu_l0        JumpReLU and its L0 count in one pass, with the straight-through
+                       threshold gradients
 
 SPARSE_DECODE_MAX_FRACTION is the measured k / d_sae below which decoding sparsely pays on a CPU.
 """
@@ -24,12 +28,14 @@ from torch import Tensor
 SPARSE_DECODE_MAX_FRACTION = 1 / 32
 
 
-def encoder_pre_acts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None) -> Tensor:
+def encoder_pre_acts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None,
+                     b_dec: Tensor | None) -> Tensor:
     """x [B, d_in] -> (x - b_dec) @ W_enc + b_enc  [B, d_sae]  (b_enc or b_dec None: left out).
 
-    Computed as x @ W_enc + (b_enc - b_dec @ W_enc): the same numbers, but autograd then gets b_dec's
-    gradient from a vector-matrix product instead of a full [B, d_sae] x [d_sae, d_in] matmul -- a
-    third of a TopK SAE's backward pass. Test: tests/test_kernels.py::test_encoder_pre_acts_*.
+    Computed as x @ W_enc + (b_enc - b_dec @ W_enc): the same numbers, but autograd then gets
+    b_dec's gradient from a vector-matrix product instead of a full [B, d_sae] x [d_sae, d_in]
+    matmul -- a third of a TopK SAE's backward pass.
+    Test: tests/test_kernels.py::test_encoder_pre_acts_*.
     """
     bias = b_enc if b_enc is not None else x.new_zeros(W_enc.shape[1])
     if b_dec is not None:
@@ -37,7 +43,8 @@ def encoder_pre_acts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tens
     return torch.addmm(bias, x, W_enc)
 
 
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor,
+                  b_dec: Tensor | None = None) -> Tensor:
     """indices, values [B, k] -> x̂ [B, d_in] = Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec).
 
     Equals ``zeros(B, d_sae).scatter(-1, indices, values) @ W_dec + b_dec``, forward and backward
@@ -45,8 +52,8 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor 
     lookup: B·k·d_in multiply-adds instead of B·d_sae·d_in, and its backward writes gradient only
     into the selected rows of W_dec (and into values).
     """
-    out = torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype),
-                                            mode="sum")
+    out = torch.nn.functional.embedding_bag(indices, W_dec,
+                                            per_sample_weights=values.to(W_dec.dtype), mode="sum")
     return out + b_dec if b_dec is not None else out
 
 
@@ -72,7 +79,8 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k
 
 
 class _TopKEncode(torch.autograd.Function):
-    """pre = x @ W_enc + bias, then the TopK selection: (values [B, k], indices [B, k], pre [B, d_sae]).
+    """pre = x @ W_enc + bias, then the TopK selection: (values [B, k], indices [B, k],
+    pre [B, d_sae]).
 
     Backward: when nothing downstream used ``pre`` itself (AuxK idle), the loss depends on the k
     selected pre-activations per row only, so W_enc's gradient is accumulated from those B·k columns
@@ -108,7 +116,8 @@ class _TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # grad_W[:, j] = Σ_{(b,i): idx=j} g[b,i] · x[b]
             rows_BK_D = x.repeat_interleave(indices.shape[1], dim=0) * flat_g[:, None]
             grad_W = x.new_zeros(d_sae, x.shape[1]).index_add_(0, flat_idx, rows_BK_D).T
-        grad_x = sparse_decode(indices, g_sel, W_enc.T.contiguous()) if ctx.needs_input_grad[0] else None
+        grad_x = (sparse_decode(indices, g_sel, W_enc.T.contiguous())
+                  if ctx.needs_input_grad[0] else None)
         return grad_x, grad_W, grad_bias, None
 
 
@@ -118,7 +127,8 @@ class JumpReLUCode(NamedTuple):
     latents: Tensor
     """[B, d_sae] z · H(z - θ)."""
     l0: Tensor
-    """[B] Σ_i H(z_i - θ_i), the number of active latents per row (differentiable in θ by the STE)."""
+    """[B] Σ_i H(z_i - θ_i), the number of active latents per row (differentiable in θ by the
+    STE)."""
 
 
 def jumprelu_l0(z: Tensor, threshold: Tensor, bandwidth: float) -> JumpReLUCode:
@@ -154,5 +164,5 @@ class _JumpReLUWithL0(torch.autograd.Function):
         return grad_out * mask, -grad_threshold / eps, None
 
 
-__all__ = ["SPARSE_DECODE_MAX_FRACTION", "encoder_pre_acts", "sparse_decode", "TopKCode", "topk_encode",
-           "JumpReLUCode", "jumprelu_l0"]
+__all__ = ["SPARSE_DECODE_MAX_FRACTION", "encoder_pre_acts", "sparse_decode", "TopKCode",
+           "topk_encode", "JumpReLUCode", "jumprelu_l0"]

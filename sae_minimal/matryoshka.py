@@ -1,4 +1,5 @@
-"""The Matryoshka SAE (Nabeshima 2024; Bussmann, Nabeshima, Karvonen & Nanda 2025, arXiv:2503.17547).
+"""The Matryoshka SAE (Nabeshima 2024; Bussmann, Nabeshima, Karvonen & Nanda 2025,
+arXiv:2503.17547).
 
 One dictionary, trained so that every prefix W_dec[:m] is itself a good SAE. With prefix sizes
 m_1 < m_2 < ... < m_n = d_sae (e.g. a geometric series 64, 256, 1024, ...):
@@ -30,7 +31,8 @@ class _Matryoshka:
 
     Args:
         prefix_sizes: increasing dictionary sizes whose prefixes are trained as SAEs (integers in
-                      [1, d_sae]); ``d_sae`` is appended if missing. Default: d_sae/16, d_sae/4, d_sae.
+                      [1, d_sae]); ``d_sae`` is appended if missing.
+                      Default: d_sae/16, d_sae/4, d_sae.
         All other arguments go to the SAE class it is combined with.
     """
 
@@ -44,7 +46,8 @@ class _Matryoshka:
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         losses = {}
         recon_BD, start = self.b_dec.expand_as(x), 0
-        for m in self.prefix_sizes[:-1]:   # the last prefix is the whole dictionary: the parent's "mse"
+        # the last prefix is the whole dictionary: the parent's "mse"
+        for m in self.prefix_sizes[:-1]:
             recon_BD = recon_BD + enc.latents[:, start:m] @ self.W_dec[start:m]
             losses[f"mse_{m}"] = mse(recon_BD, x)
             start = m
@@ -59,11 +62,12 @@ def check_prefix_sizes(prefix_sizes: list[int] | None, d_sae: int) -> list[int]:
     if prefix_sizes is None:
         prefix_sizes = [max(1, d_sae // 16), max(1, d_sae // 4)]
     if not all(isinstance(m, int) and not isinstance(m, bool) for m in prefix_sizes):
-        raise ValueError(f"prefix_sizes must be integers (numbers of latents), got {prefix_sizes!r}; "
-                         f"e.g. [{max(1, d_sae // 16)}, {max(1, d_sae // 4)}].")
+        raise ValueError("prefix_sizes must be integers (numbers of latents), got "
+                         f"{prefix_sizes!r}; e.g. [{max(1, d_sae // 16)}, {max(1, d_sae // 4)}].")
     sizes = sorted(set(prefix_sizes))
     if not sizes or sizes[0] < 1 or sizes[-1] > d_sae:
-        raise ValueError(f"prefix_sizes must be non-empty and lie in [1, d_sae={d_sae}], got {prefix_sizes}.")
+        raise ValueError(f"prefix_sizes must be non-empty and lie in [1, d_sae={d_sae}], "
+                         f"got {prefix_sizes}.")
     return sizes if sizes[-1] == d_sae else sizes + [d_sae]
 
 

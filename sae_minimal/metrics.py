@@ -45,16 +45,19 @@ def feature_density(latents: Tensor) -> Tensor:
 
 def dead_fraction(latents_or_density: Tensor) -> float:
     """Fraction of latents that never fire. Accepts latents [N, d_sae] or a density [d_sae]."""
-    density = latents_or_density if latents_or_density.ndim == 1 else feature_density(latents_or_density)
+    density = (latents_or_density if latents_or_density.ndim == 1
+               else feature_density(latents_or_density))
     return float((density == 0).float().mean())
 
 
 def relative_reconstruction_bias(x: Tensor, x_hat: Tensor, center: Tensor | None = None) -> float:
-    """γ = E||x̂||² / E[x̂·x], the γ that minimises E||x̂/γ - x||² (Rajamanoharan et al. 2024a, Gated SAEs, sec. 5.1).
+    """γ = E||x̂||² / E[x̂·x], the γ that minimises E||x̂/γ - x||² (Rajamanoharan et al. 2024a,
+    Gated SAEs, sec. 5.1).
 
     γ < 1: reconstructions are systematically too short (shrinkage); γ = 1: no bias in their length.
-    ``center`` [d_in] (e.g. the data mean) is subtracted from both first: in a residual stream a large shared
-    offset makes every x̂ look unbiased, so measuring around the mean isolates the latents' part.
+    ``center`` [d_in] (e.g. the data mean) is subtracted from both first: in a residual stream a
+    large shared offset makes every x̂ look unbiased, so measuring around the mean isolates the
+    latents' part.
     """
     x, x_hat = _flat(x), _flat(x_hat)
     if x.shape != x_hat.shape:
@@ -67,7 +70,8 @@ def relative_reconstruction_bias(x: Tensor, x_hat: Tensor, center: Tensor | None
 def cosine_matrix(W_a: Tensor, W_b: Tensor) -> Tensor:
     """[n_a, n_b] cosine similarity between the rows of W_a [n_a, d] and W_b [n_b, d]."""
     if W_a.shape[-1] != W_b.shape[-1]:
-        raise ValueError(f"Directions must share a dimension: got {tuple(W_a.shape)} and {tuple(W_b.shape)}. "
+        raise ValueError("Directions must share a dimension: "
+                         f"got {tuple(W_a.shape)} and {tuple(W_b.shape)}. "
                          "Pass decoder matrices as [n_latents, d_in] (sae.W_dec).")
     a = torch.nn.functional.normalize(W_a.detach().float(), dim=-1)
     b = torch.nn.functional.normalize(W_b.detach().float(), dim=-1)
@@ -111,9 +115,10 @@ def recovery(sae, true_dictionary: Tensor, threshold: float = 0.9) -> dict[str, 
 def magnitude_ratio(sae, data, threshold: float = 0.9, max_rows: int = 20_000) -> Tensor:
     """Shrinkage per recovered feature: E[latent · cos] / E[true coefficient] where both fire.
 
-    Each true feature is matched to the latent with the most similar decoder row (cos > ``threshold``);
-    on inputs where the feature is present and the latent fires, the ratio compares the latent's
-    contribution along the true direction with the true magnitude (gating errors are not counted).
+    Each true feature is matched to the latent with the most similar decoder row
+    (cos > ``threshold``); on inputs where the feature is present and the latent fires, the ratio
+    compares the latent's contribution along the true direction with the true magnitude (gating
+    errors are not counted).
     ``data`` is a ``sae_minimal.synthetic.SyntheticData`` (its dictionary, activations and codes).
     Returns [n_recovered]; values < 1 mean the SAE under-estimates magnitudes (L1 shrinkage).
     """

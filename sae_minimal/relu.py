@@ -1,11 +1,11 @@
 """The L1 ("standard") SAE of Bricken et al. (2023), 'Towards Monosemanticity'.
 
     f = ReLU((x - b_dec) @ W_enc + b_enc)
-    L = ||x - x̂||²  +  λ · Σ_i f_i · ||W_dec[i]||          (Bricken et al. 2023; Conerly et al. 2024)
+    L = ||x - x̂||²  +  λ · Σ_i f_i · ||W_dec[i]||    (Bricken et al. 2023; Conerly et al. 2024)
 
 The decoder rows are kept at unit norm (the trainer projects gradients and renormalises after every
-step), so the norm-weighted penalty above equals the plain L1 norm λ·||f||₁ and we compute it that way.
-Without the constraint the SAE could shrink f and grow W_dec to make the penalty vanish.
+step), so the norm-weighted penalty above equals the plain L1 norm λ·||f||₁ and we compute it that
+way. Without the constraint the SAE could shrink f and grow W_dec to make the penalty vanish.
 
 The L1 penalty charges for magnitude, not just for firing: at the optimum an active latent is the
 soft-threshold of the true coefficient, max(c - λ/2, 0) for orthonormal features (the chapter's
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BaseSAE, Encoding, mse
+from .base import BaseSAE, Encoding, check_coeff, mse
 
 
 class ReLUSAE(BaseSAE, sae_lens_default=True):
@@ -27,9 +27,7 @@ class ReLUSAE(BaseSAE, sae_lens_default=True):
 
     def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 1.0, **kw):
         super().__init__(d_in, d_sae, **kw)
-        if l1_coeff < 0:
-            raise ValueError(f"l1_coeff must be >= 0, got {l1_coeff}.")
-        self.l1_coeff = float(l1_coeff)
+        self.l1_coeff = check_coeff("l1_coeff", l1_coeff)
 
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)

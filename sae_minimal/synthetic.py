@@ -50,40 +50,47 @@ def _magnitudes(shape: tuple[int, ...], kind: str, gen: torch.Generator) -> Tens
     raise ValueError(f"magnitude must be 'constant', 'uniform' or 'exponential', got {kind!r}.")
 
 
-def make_synthetic(d_in: int = 64, n_features: int = 128, n_samples: int = 50_000, *, p: float = 0.03,
-                   firing: str = "uniform", power_law_alpha: float = 0.5, magnitude: str = "uniform",
-                   correlation: float = 0.0, correlation_group: int = 4, n_parents: int = 0,
-                   children_per_parent: int = 3, child_prob: float = 0.5, noise: float = 0.0,
-                   orthogonal: bool = False, seed: int = 0) -> SyntheticData:
-    """Sample ``n_samples`` activations that are sparse combinations of ``n_features`` true features.
+def make_synthetic(d_in: int = 64, n_features: int = 128, n_samples: int = 50_000, *,
+                   p: float = 0.03, firing: str = "uniform", power_law_alpha: float = 0.5,
+                   magnitude: str = "uniform", correlation: float = 0.0, correlation_group: int = 4,
+                   n_parents: int = 0, children_per_parent: int = 3, child_prob: float = 0.5,
+                   noise: float = 0.0, orthogonal: bool = False, seed: int = 0) -> SyntheticData:
+    """Sample ``n_samples`` activations that are sparse combinations of ``n_features`` true
+    features.
 
     Args:
         p:              mean firing probability of a feature (1 - S in Elhage et al.'s notation).
         firing:         "uniform" (every feature p) or "power_law" (p_j ∝ j^-alpha, mean p).
-        magnitude:      distribution of active coefficients: "uniform" U[0.5,1.5], "exponential", "constant".
-        correlation:    ρ in [0, 1): features in consecutive groups of ``correlation_group`` fire together
-                        more often (Gaussian copula with pairwise correlation ρ; marginals stay p_j).
-        n_parents:      the first n_parents * (1 + children_per_parent) features form hierarchies: each
-                        parent is followed by its children; a child fires only with its parent, with
-                        probability ``child_prob``, and at most one child fires at a time.
+        magnitude:      distribution of active coefficients: "uniform" U[0.5,1.5], "exponential",
+                        "constant".
+        correlation:    ρ in [0, 1): features in consecutive groups of ``correlation_group`` fire
+                        together more often (Gaussian copula with pairwise correlation ρ; marginals
+                        stay p_j).
+        n_parents:      the first n_parents * (1 + children_per_parent) features form hierarchies:
+                        each parent is followed by its children; a child fires only with its
+                        parent, with probability ``child_prob``, and at most one child fires at a
+                        time.
         noise:          std of isotropic Gaussian noise added to x.
-        orthogonal:     orthonormal dictionary (needs n_features <= d_in); otherwise random unit vectors.
+        orthogonal:     orthonormal dictionary (needs n_features <= d_in); otherwise random unit
+                        vectors.
     """
     if min(d_in, n_features, n_samples) < 1:
-        raise ValueError(f"d_in, n_features and n_samples must be >= 1, got {d_in}, {n_features}, {n_samples}.")
+        raise ValueError("d_in, n_features and n_samples must be >= 1, "
+                         f"got {d_in}, {n_features}, {n_samples}.")
     if not 0 < p <= 1:
         raise ValueError(f"p is a firing probability and must be in (0, 1], got {p}.")
     if not 0 <= correlation < 1:
         raise ValueError(f"correlation must be in [0, 1), got {correlation}.")
     n_tree = n_parents * (1 + children_per_parent)
     if n_tree > n_features:
-        raise ValueError(f"{n_parents} parents with {children_per_parent} children need {n_tree} features, "
-                         f"but n_features={n_features}.")
+        raise ValueError(f"{n_parents} parents with {children_per_parent} children need "
+                         f"{n_tree} features, but n_features={n_features}.")
     gen = torch.Generator().manual_seed(seed)
 
     if orthogonal:
         if n_features > d_in:
-            raise ValueError(f"An orthogonal dictionary needs n_features <= d_in, got {n_features} > {d_in}.")
+            raise ValueError("An orthogonal dictionary needs n_features <= d_in, "
+                             f"got {n_features} > {d_in}.")
         q, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=gen))
         dictionary = q.T[:n_features].contiguous()
     else:
@@ -100,7 +107,8 @@ def make_synthetic(d_in: int = 64, n_features: int = 128, n_samples: int = 50_00
     normal = torch.distributions.Normal(0.0, 1.0)
     cutoff = normal.icdf(probs.clamp(1e-7, 1 - 1e-7))
     n_groups = -(-n_features // correlation_group)
-    shared = torch.randn(n_samples, n_groups, generator=gen).repeat_interleave(correlation_group, dim=1)
+    shared = torch.randn(n_samples, n_groups, generator=gen).repeat_interleave(
+        correlation_group, dim=1)
     z = correlation ** 0.5 * shared[:, :n_features] + (1 - correlation) ** 0.5 * torch.randn(
         n_samples, n_features, generator=gen)
     active = z < cutoff
@@ -121,4 +129,5 @@ def make_synthetic(d_in: int = 64, n_features: int = 128, n_samples: int = 50_00
     x = codes @ dictionary
     if noise > 0:
         x += noise * torch.randn(x.shape, generator=gen)
-    return SyntheticData(activations=x, dictionary=dictionary, codes=codes, firing_probs=probs, parent=parent)
+    return SyntheticData(activations=x, dictionary=dictionary, codes=codes, firing_probs=probs,
+                         parent=parent)

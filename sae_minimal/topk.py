@@ -1,4 +1,5 @@
-"""The TopK SAE of Gao et al. (2024), 'Scaling and evaluating sparse autoencoders' (arXiv:2406.04093).
+"""The TopK SAE of Gao et al. (2024), 'Scaling and evaluating sparse autoencoders'
+(arXiv:2406.04093).
 
     f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))        (eq. 3: keep the k largest, zero the rest)
     L = ||x - x̂||²  +  α · ||e - ê||²                     (sec. 2.4, AuxK)
@@ -22,7 +23,8 @@ from .kernels import SPARSE_DECODE_MAX_FRACTION, sparse_decode, topk_encode
 
 
 def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(ReLU'd values, indices), each [B, k]: the k largest entries of each row of pre [B, d_sae]."""
+    """(ReLU'd values, indices), each [B, k]: the k largest entries of each row of pre
+    [B, d_sae]."""
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return values.relu(), indices
 
@@ -34,21 +36,23 @@ def topk_relu(pre: Tensor, k: int) -> Tensor:
 
 
 def check_k(k: int, d_sae: int, name: str = "k") -> int:
-    """Return ``k`` if it is a valid number of latents to keep out of ``d_sae``; raise ValueError saying
-    what to use otherwise."""
+    """Return ``k`` if it is a valid number of latents to keep out of ``d_sae``; raise ValueError
+    saying what to use otherwise."""
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"{name} must be a positive integer, got {k!r}.")
     if k > d_sae:
-        raise ValueError(f"{name}={k} is larger than d_sae={d_sae}: a TopK SAE cannot keep more latents "
-                         f"than it has. Use {name} <= d_sae (typically {name} << d_sae, e.g. 32 of 16384).")
+        raise ValueError(f"{name}={k} is larger than d_sae={d_sae}: a TopK SAE cannot keep more "
+                         f"latents than it has. Use {name} <= d_sae (typically {name} << d_sae, "
+                         "e.g. 32 of 16384).")
     return k
 
 
-def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int, coeff: float) -> Tensor:
+def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
+              coeff: float) -> Tensor:
     """AuxK (Gao et al. 2024, sec. 2.4): dead latents reconstruct the residual e = x - x̂.
 
-    x, x_hat [B, d_in]; pre [B, d_sae]. Scaled by min(n_dead / k_aux, 1) so a handful of dead latents
-    gets a proportionally small push (as in SAELens). Returns 0 when no latent is dead.
+    x, x_hat [B, d_in]; pre [B, d_sae]. Scaled by min(n_dead / k_aux, 1) so a handful of dead
+    latents gets a proportionally small push (as in SAELens). Returns 0 when no latent is dead.
     """
     dead = sae.dead_mask()                       # no firing in the last sae.dead_window tokens
     n_dead = int(dead.sum())
@@ -82,7 +86,8 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
                  aux_coeff: float = 1 / 32, dead_window: int = 100_000, **kw):
         super().__init__(d_in, d_sae, **kw)
         self.k = check_k(k, d_sae)
-        self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)), d_sae, "k_aux")
+        self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)),
+                             d_sae, "k_aux")
         self.aux_coeff = float(aux_coeff)
         self.dead_window = int(dead_window)
 
@@ -95,12 +100,14 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
         return self.k <= SPARSE_DECODE_MAX_FRACTION * self.d_sae
 
     def encode_flat(self, x: Tensor) -> Encoding:
-        """f = ReLU(TopK_k(pre)); on the fast path the k (values, indices) are kept for decode_flat."""
+        """f = ReLU(TopK_k(pre)); on the fast path the k (values, indices) are kept for
+        decode_flat."""
         if not self.uses_sparse_decode():
             return super().encode_flat(x)
         b_dec = self.b_dec if self.apply_b_dec_to_input else None
         values, indices, pre = topk_encode(x, self.W_enc, self.b_enc, b_dec, self.k)
-        latents = torch.zeros_like(pre).scatter(-1, indices, values.detach())   # dense copy for metrics
+        # dense copy for metrics
+        latents = torch.zeros_like(pre).scatter(-1, indices, values.detach())
         return Encoding(latents, pre, topk=(values, indices))
 
     def decode_flat(self, enc: Encoding) -> Tensor:

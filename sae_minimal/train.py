@@ -4,7 +4,8 @@ What it does, in order (each step named where it happens below):
   1. normalise activations so E||x|| = √d_in, making hyperparameters transfer across models/layers
      (Conerly et al. 2024; SAELens 'expected_average_only_in'); the scale is folded back into the
      SAE's biases at the end, so the returned SAE works on *raw* activations;
-  2. initialise b_dec at the geometric median of a data sample (Bricken et al. 2023; Gao et al. 2024);
+  2. initialise b_dec at the geometric median of a data sample (Bricken et al. 2023;
+     Gao et al. 2024);
   3. Adam with linear LR warmup and a linear decay to 0 over the last ``lr_decay_frac`` of training,
      and a linear warmup of the sparsity coefficient (Conerly et al. 2024);
   4. keep decoder rows unit-norm: remove the gradient's radial part, step, renormalise;
@@ -27,8 +28,8 @@ from .metrics import fvu, l0
 
 class History(dict):
     """Training curves: a dict of equal-length lists ("step", "tokens", "loss", "mse", "fvu", "l0",
-    "dead_frac", "lr", one entry per loss term), plus floats "input_scale", "seconds" (wall time of the loop)
-    and "data_seconds" (of which spent waiting for the next batch: the data path)."""
+    "dead_frac", "lr", one entry per loss term), plus floats "input_scale", "seconds" (wall time of
+    the loop) and "data_seconds" (of which spent waiting for the next batch: the data path)."""
 
     def plot(self, keys: tuple[str, ...] = ("loss", "fvu", "l0", "dead_frac"), ax=None):
         """One small panel per key against tokens seen. Returns the matplotlib figure."""
@@ -60,8 +61,10 @@ def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
     return m
 
 
-def _batches(activations: Tensor | Iterable[Tensor], batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Yield [batch_size, d_in] batches: shuffled epochs over a tensor, or the iterable's own batches."""
+def _batches(activations: Tensor | Iterable[Tensor], batch_size: int,
+             seed: int) -> Iterator[Tensor]:
+    """Yield [batch_size, d_in] batches: shuffled epochs over a tensor, or the iterable's own
+    batches."""
     if isinstance(activations, Tensor):
         gen = torch.Generator().manual_seed(seed)
         n = activations.shape[0]
@@ -95,8 +98,9 @@ def default_lr(d_sae: int) -> float:
 
 
 def make_adam(params, **kw) -> torch.optim.Adam:
-    """Adam with the fused kernel where this torch build has it (one pass over each parameter's state
-    instead of several: measurably faster for large dictionaries), the default implementation otherwise."""
+    """Adam with the fused kernel where this torch build has it (one pass over each parameter's
+    state instead of several: measurably faster for large dictionaries), the default
+    implementation otherwise."""
     params = list(params)
     try:
         return torch.optim.Adam(params, fused=True, **kw)
@@ -105,18 +109,21 @@ def make_adam(params, **kw) -> torch.optim.Adam:
 
 
 def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens: int | None = None,
-              batch_size: int = 1024, lr: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
-              lr_warmup_steps: int | None = None, lr_decay_frac: float = 0.2,
-              sparsity_warmup_frac: float = 0.05, normalize: bool = True, b_dec_init: str = "geometric_median",
-              grad_clip: float | None = 1.0, dead_window: int | None = None, log_every: int | None = None,
-              seed: int = 0, progress: bool = True, device: str | torch.device | None = None) -> History:
+              batch_size: int = 1024, lr: float | None = None,
+              betas: tuple[float, float] = (0.9, 0.999), lr_warmup_steps: int | None = None,
+              lr_decay_frac: float = 0.2, sparsity_warmup_frac: float = 0.05,
+              normalize: bool = True, b_dec_init: str = "geometric_median",
+              grad_clip: float | None = 1.0, dead_window: int | None = None,
+              log_every: int | None = None, seed: int = 0, progress: bool = True,
+              device: str | torch.device | None = None) -> History:
     """Train ``sae`` in place and return its training History.
 
     Args:
         activations: a tensor [N, d_in] (any leading dims; shuffled each epoch) or an iterable of
-                     [batch, d_in] tensors (e.g. ``sae_minimal.activations``'s shuffling buffer).
-        n_tokens:    training tokens; default one pass over a tensor, or the whole iterable. The LR schedule
-                     assumes n_tokens / batch_size steps, so with an iterator pass its batch size too.
+                     [batch, d_in] tensors (e.g. ``sae_minimal.lm.activations``'s shuffling buffer).
+        n_tokens:    training tokens; default one pass over a tensor, or the whole iterable. The LR
+                     schedule assumes n_tokens / batch_size steps, so with an iterator pass its
+                     batch size too.
         lr:          Adam learning rate; default ``default_lr(d_sae)``.
         normalize:   train on x·s with s = √d_in / E||x||; s is folded into the SAE at the end.
         b_dec_init:  "geometric_median", "mean" or "zeros" (skipped when continuing training).
@@ -125,41 +132,48 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         seed:        seeds the shuffling, so two runs with the same seed see the same batches.
     """
     if b_dec_init not in ("geometric_median", "mean", "zeros"):
-        raise ValueError(f"b_dec_init must be 'geometric_median', 'mean' or 'zeros', got {b_dec_init!r}.")
+        raise ValueError("b_dec_init must be 'geometric_median', 'mean' or 'zeros', "
+                         f"got {b_dec_init!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     device = torch.device(device) if device is not None else sae.W_dec.device
     sae.to(device)
 
     if isinstance(activations, Tensor):
-        activations = check_activations(activations, sae.d_in, name="activations").reshape(-1, sae.d_in)
+        activations = check_activations(activations, sae.d_in,
+                                        name="activations").reshape(-1, sae.d_in)
         n_tokens = n_tokens or activations.shape[0]
-        sample = activations[torch.randperm(activations.shape[0], generator=torch.Generator().manual_seed(seed))[:8192]]
+        sample = activations[torch.randperm(activations.shape[0],
+                                            generator=torch.Generator().manual_seed(seed))[:8192]]
         stream = _batches(activations, min(batch_size, activations.shape[0]), seed)
     else:
         stream = iter(activations)
         first = next(stream, None)
         if first is None:
             raise ValueError("activations is an empty iterable: there is nothing to train on.")
-        sample = check_activations(first, sae.d_in, name="the first batch of activations").reshape(-1, sae.d_in)
+        sample = check_activations(first, sae.d_in,
+                                   name="the first batch of activations").reshape(-1, sae.d_in)
         stream = _chain(sample, stream)
     if n_tokens is not None and n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}.")
     sample = sample.to(device=device, dtype=torch.float32)
 
     # 1. normalisation scale s: the SAE is trained on s·x
-    scale = math.sqrt(sae.d_in) / float(sample.norm(dim=-1).mean().clamp_min(1e-8)) if normalize else 1.0
+    scale = (math.sqrt(sae.d_in) / float(sample.norm(dim=-1).mean().clamp_min(1e-8))
+             if normalize else 1.0)
     continuing = sae.trained_tokens > 0
     if continuing:
         sae.fold_input_scale(1.0 / scale)  # back to normalised units
     elif b_dec_init != "zeros":  # 2. b_dec
-        centre = geometric_median(sample * scale) if b_dec_init == "geometric_median" else (sample * scale).mean(0)
+        centre = (geometric_median(sample * scale) if b_dec_init == "geometric_median"
+                  else (sample * scale).mean(0))
         with torch.no_grad():
             sae.b_dec.copy_(centre)
 
     n_steps = math.ceil(n_tokens / batch_size) if n_tokens is not None else None
     lr = lr if lr is not None else default_lr(sae.d_sae)
-    warmup = lr_warmup_steps if lr_warmup_steps is not None else min(1000, max(1, (n_steps or 10_000) // 20))
+    warmup = (lr_warmup_steps if lr_warmup_steps is not None
+              else min(1000, max(1, (n_steps or 10_000) // 20)))
     sparsity_warmup_steps = max(1, int((n_steps or 10_000) * sparsity_warmup_frac))
     log_every = log_every or max(1, (n_steps or 1000) // 200)
     dead_window = dead_window or sae.dead_window
@@ -167,10 +181,12 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     history = History(input_scale=scale)
     sae.train()
 
-    bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}", unit="step")
+    bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}",
+               unit="step")
     tokens, step, data_seconds, t_start = 0, 0, 0.0, time.perf_counter()
     try:
-        while n_tokens is None or tokens < n_tokens:   # count tokens: an iterator's batches may differ in size
+        # count tokens: an iterator's batches may differ in size
+        while n_tokens is None or tokens < n_tokens:
             t_fetch = time.perf_counter()
             batch = next(stream, None)
             data_seconds += time.perf_counter() - t_fetch
@@ -180,7 +196,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             x = x.to(device=device, dtype=sae.W_dec.dtype) * scale
             # 3. schedules
             for group in opt.param_groups:
-                group["lr"] = lr * _lr_factor(step, n_steps or 10**12, warmup, lr_decay_frac if n_steps else 0)
+                group["lr"] = lr * _lr_factor(step, n_steps or 10**12, warmup,
+                                              lr_decay_frac if n_steps else 0)
             sae.sparsity_warmup = min(1.0, (step + 1) / sparsity_warmup_steps)
 
             out = sae(x)
@@ -202,7 +219,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
         if step > 0:
-            sae.after_training(sample * scale, batch_size)   # e.g. BatchTopK: θ from the final weights
+            # e.g. BatchTopK: θ from the final weights
+            sae.after_training(sample * scale, batch_size)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         history["seconds"] = time.perf_counter() - t_start

@@ -49,7 +49,7 @@ def _as_tensor(name: str, value, like: Tensor) -> Tensor:
     return value
 
 
-# --- Exercise 1 ------------------------------------------------------------------------------------
+# --- Exercise 1 -----------------------------------------------------------------------------------
 def check_overcomplete(fn: Callable[[int, int, int], tuple[float, float]]) -> None:
     """fn(d_sae, d_in, l0) -> (overcomplete_factor, fraction_active)."""
     name = "check_overcomplete"
@@ -61,24 +61,29 @@ def check_overcomplete(fn: Callable[[int, int, int], tuple[float, float]]) -> No
         factor, frac = (float(v) for v in out)
         want_f, want_a = d_sae / d_in, l0 / d_sae
         if math.isclose(factor, d_in / d_sae, rel_tol=1e-6) and not math.isclose(factor, want_f):
-            _fail(name, f"for d_sae={d_sae}, d_in={d_in} you returned factor {factor:.4g}: you divided the wrong "
-                        "way. The overcomplete factor is d_sae / d_in (latents per activation dimension).")
+            _fail(name, f"for d_sae={d_sae}, d_in={d_in} you returned factor {factor:.4g}: "
+                        "you divided the wrong way. The overcomplete factor is d_sae / d_in "
+                        "(latents per activation dimension).")
         if factor == d_sae // d_in and not math.isclose(factor, want_f):
-            _fail(name, f"factor {factor} for d_sae={d_sae}, d_in={d_in}: integer division (//) dropped the "
-                        f"fraction; the factor is {want_f:.4g}.")
+            _fail(name, f"factor {factor} for d_sae={d_sae}, d_in={d_in}: integer division (//) "
+                        f"dropped the fraction; the factor is {want_f:.4g}.")
         if not math.isclose(factor, want_f, rel_tol=1e-6):
-            _fail(name, f"for d_sae={d_sae}, d_in={d_in} the overcomplete factor should be {want_f:.4g}, got {factor:.4g}.")
+            _fail(name, f"for d_sae={d_sae}, d_in={d_in} the overcomplete factor should be "
+                        f"{want_f:.4g}, got {factor:.4g}.")
         if math.isclose(frac, l0 / d_in, rel_tol=1e-6) and not math.isclose(frac, want_a):
-            _fail(name, f"fraction_active {frac:.4g} = L0 / d_in: the fraction of *latents* active is L0 / d_sae.")
+            _fail(name, f"fraction_active {frac:.4g} = L0 / d_in: the fraction of *latents* active "
+                        "is L0 / d_sae.")
         if math.isclose(frac, 100 * want_a, rel_tol=1e-6):
-            _fail(name, f"fraction_active {frac:.4g} looks like a percentage: return a fraction in [0, 1].")
+            _fail(name, f"fraction_active {frac:.4g} looks like a percentage: "
+                        "return a fraction in [0, 1].")
         if not math.isclose(frac, want_a, rel_tol=1e-6):
-            _fail(name, f"for d_sae={d_sae}, l0={l0} the fraction of latents active should be {want_a:.4g}, got {frac:.4g}.")
-    _passed(name, f"{len(cases)} cases, e.g. d_sae=16384, d_in=768, L0=64 -> factor {16384 / 768:.2f}, "
-                  f"{64 / 16384:.3%} of latents active")
+            _fail(name, f"for d_sae={d_sae}, l0={l0} the fraction of latents active should be "
+                        f"{want_a:.4g}, got {frac:.4g}.")
+    _passed(name, f"{len(cases)} cases, e.g. d_sae=16384, d_in=768, L0=64 -> factor "
+                  f"{16384 / 768:.2f}, {64 / 16384:.3%} of latents active")
 
 
-# --- Exercise 3 ------------------------------------------------------------------------------------
+# --- Exercise 3 -----------------------------------------------------------------------------------
 def soft_threshold(z: Tensor, lam: float) -> Tensor:
     """Reference: prox of λ||·||₁, sign(z)·max(|z| - λ, 0)."""
     return torch.sign(z) * torch.clamp(z.abs() - lam, min=0)
@@ -95,28 +100,33 @@ def check_soft_threshold(fn: Callable[[Tensor, float], Tensor]) -> None:
         want = soft_threshold(z, lam)
         small, neg_big, pos_big = z.abs() < lam, z < -lam, z > lam
         if (out[small] < -1e-6).any():
-            _fail(name, f"with λ={lam} your soft-threshold returns negative values for inputs with |z| < λ "
-                        f"(e.g. z={z[small & (out < 0)][0]:.3f} -> {out[small & (out < 0)][0]:.3f}): did you forget the "
-                        "sign? Inside [-λ, λ] the answer is exactly 0.")
+            _fail(name, f"with λ={lam} your soft-threshold returns negative values for inputs "
+                        f"with |z| < λ (e.g. z={z[small & (out < 0)][0]:.3f} -> "
+                        f"{out[small & (out < 0)][0]:.3f}): did you forget the sign? "
+                        "Inside [-λ, λ] the answer is exactly 0.")
         if (out[small].abs() > 1e-6).any():
-            _fail(name, f"with λ={lam} inputs with |z| < λ must map to 0 (that is where sparsity comes from); "
+            _fail(name, f"with λ={lam} inputs with |z| < λ must map to 0 "
+                        "(that is where sparsity comes from); "
                         f"z={z[small][out[small].abs() > 1e-6][0]:.3f} gave a non-zero value.")
         if neg_big.any() and (out[neg_big].abs() < 1e-6).all():
-            _fail(name, "negative inputs below -λ all map to 0: max(z - λ, 0) only handles positive z. "
-                        "Apply the shrinkage to |z| and put the sign back: sign(z)·max(|z| - λ, 0).")
+            _fail(name, "negative inputs below -λ all map to 0: max(z - λ, 0) only handles "
+                        "positive z. Apply the shrinkage to |z| and put the sign back: "
+                        "sign(z)·max(|z| - λ, 0).")
         if pos_big.any() and torch.allclose(out[pos_big], z[pos_big]):
-            _fail(name, "values above λ are returned unchanged: that is hard thresholding. The L1 proximal "
-                        "operator also *shrinks* every surviving value by λ towards zero.")
+            _fail(name, "values above λ are returned unchanged: that is hard thresholding. "
+                        "The L1 proximal operator also *shrinks* every surviving value by λ "
+                        "towards zero.")
         if not torch.allclose(out, want, atol=1e-5):
             i = int((out - want).abs().argmax())
-            _fail(name, f"with λ={lam}, z={z[i]:.4f} should give {want[i]:.4f}, got {out[i]:.4f}. Surviving values "
-                        "move towards 0 by exactly λ.")
+            _fail(name, f"with λ={lam}, z={z[i]:.4f} should give {want[i]:.4f}, got {out[i]:.4f}. "
+                        "Surviving values move towards 0 by exactly λ.")
     _passed(name, f"{len(cases)} cases (values inside [-λ, λ] go to 0, the rest shrink by λ)")
 
 
-# --- TopK activation -------------------------------------------------------------------------------
+# --- TopK activation ------------------------------------------------------------------------------
 def check_topk_activation(fn: Callable[[Tensor, int], Tensor]) -> None:
-    """fn(pre_acts [batch, d_sae], k) -> [batch, d_sae]: k largest per row, ReLU'd, rest zero."""
+    """fn(pre_acts [batch, d_sae], k) -> [batch, d_sae]:
+    k largest per row, ReLU'd, rest zero."""
     name = "check_topk_activation"
     gen = torch.Generator().manual_seed(0)
     cases = [(torch.tensor([[-3.0, -1.0, -2.0, 0.5], [4.0, -5.0, 1.0, 2.0]]), 2)]
@@ -125,29 +135,34 @@ def check_topk_activation(fn: Callable[[Tensor, int], Tensor]) -> None:
     for pre, k in cases:
         out = _call(name, fn, pre.clone(), k)
         if isinstance(out, Tensor) and out.shape == (pre.shape[0], k):
-            _fail(name, f"you returned shape {tuple(out.shape)}, the top-k *values*. Scatter them back into a "
-                        f"zero tensor of shape {tuple(pre.shape)} so latent i stays in column i.")
+            _fail(name, f"you returned shape {tuple(out.shape)}, the top-k *values*. Scatter them "
+                        f"back into a zero tensor of shape {tuple(pre.shape)} so latent i stays in "
+                        "column i.")
         out = _as_tensor(name, out, pre)
         want = topk_relu(pre, k)
         if (out < 0).any():
-            _fail(name, "your output has negative entries: apply ReLU to the selected values (a latent's "
-                        "activation is never negative).")
+            _fail(name, "your output has negative entries: apply ReLU to the selected values "
+                        "(a latent's activation is never negative).")
         if ((out != 0).sum(-1) > k).any():
-            _fail(name, f"some rows have more than k={k} non-zero latents: keep the k largest *per row* "
-                        "(topk along dim=-1), not per column.")
-        by_abs = torch.zeros_like(pre).scatter_(-1, pre.abs().topk(k, dim=-1).indices,
-                                                pre.gather(-1, pre.abs().topk(k, dim=-1).indices)).relu()
+            _fail(name, f"some rows have more than k={k} non-zero latents: keep the k largest "
+                        "*per row* (topk along dim=-1), not per column.")
+        by_abs = torch.zeros_like(pre).scatter_(
+            -1, pre.abs().topk(k, dim=-1).indices,
+            pre.gather(-1, pre.abs().topk(k, dim=-1).indices)).relu()
         if torch.allclose(out, by_abs) and not torch.allclose(out, want):
-            _fail(name, "you selected the k entries with the largest |value|: TopK selects the k *largest* "
-                        "pre-activations (a large negative pre-activation means 'not present').")
+            _fail(name, "you selected the k entries with the largest |value|: TopK selects the "
+                        "k *largest* pre-activations (a large negative pre-activation means "
+                        "'not present').")
         if not torch.allclose(out, want, atol=1e-6):
             row = int((out - want).abs().sum(-1).argmax())
+            # a row's .nonzero() is [nnz, 1]; .flatten() gives [nnz], the columns that fired
             _fail(name, f"row {row} differs from the reference (k={k}): expected non-zeros at "
-                        f"{want[row].nonzero().flatten().tolist()}, got {out[row].nonzero().flatten().tolist()}.")
+                        f"{want[row].nonzero().flatten().tolist()}, "
+                        f"got {out[row].nonzero().flatten().tolist()}.")
     _passed(name, f"{len(cases)} cases (exactly the k largest per row survive, ReLU'd)")
 
 
-# --- Exercise 4 ------------------------------------------------------------------------------------
+# --- Exercise 4 -----------------------------------------------------------------------------------
 def _topk_reference_grads(x, W_enc, b_enc, W_dec, b_dec, k):
     params = [t.detach().clone().requires_grad_() for t in (W_enc, b_enc, W_dec, b_dec)]
     We, be, Wd, bd = params
@@ -167,13 +182,15 @@ def _ste_grads(x, W_enc, b_enc, W_dec, b_dec, k):
 
 
 def check_topk_backward(fn: Callable) -> None:
-    """fn(x, W_enc, b_enc, W_dec, b_dec, k) -> {"W_enc", "b_enc", "W_dec", "b_dec"}: hand-written gradients of
-    loss = ((x_hat - x)**2).sum(-1).mean() with x_hat = TopK(ReLU)(x @ W_enc + b_enc) @ W_dec + b_dec."""
+    """fn(x, W_enc, b_enc, W_dec, b_dec, k) -> {"W_enc", "b_enc", "W_dec", "b_dec"}: hand-written
+    gradients of loss = ((x_hat - x)**2).sum(-1).mean() with
+    x_hat = TopK(ReLU)(x @ W_enc + b_enc) @ W_dec + b_dec."""
     name = "check_topk_backward"
     gen = torch.Generator().manual_seed(0)
     for trial, (B, d, n, k) in enumerate([(6, 4, 10, 2), (32, 8, 40, 5), (1, 5, 12, 3)]):
         x = torch.randn(B, d, generator=gen)
-        W_enc, W_dec = torch.randn(d, n, generator=gen) / d**0.5, torch.randn(n, d, generator=gen) / n**0.5
+        W_enc, W_dec = (torch.randn(d, n, generator=gen) / d**0.5,
+                        torch.randn(n, d, generator=gen) / n**0.5)
         b_enc, b_dec = 0.1 * torch.randn(n, generator=gen), 0.1 * torch.randn(d, generator=gen)
         grads = _call(name, fn, x, W_enc, b_enc, W_dec, b_dec, k)
         if not isinstance(grads, dict) or set(grads) != {"W_enc", "b_enc", "W_dec", "b_dec"}:
@@ -184,17 +201,20 @@ def check_topk_backward(fn: Callable) -> None:
         for key in ("b_dec", "W_dec", "b_enc", "W_enc"):
             g, w = grads[key], want[key]
             if not isinstance(g, Tensor) or g.shape != w.shape:
-                _fail(name, f"grad[{key!r}] must be a tensor of shape {tuple(w.shape)} (the shape of {key}), "
-                            f"got {tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}.")
+                _fail(name, f"grad[{key!r}] must be a tensor of shape {tuple(w.shape)} "
+                            f"(the shape of {key}), got "
+                            f"{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}.")
             if torch.allclose(g, w, atol=1e-5, rtol=1e-4):
                 continue
             if key in ste and torch.allclose(g, ste[key], atol=1e-5, rtol=1e-4):
-                _fail(name, f"grad[{key!r}]: gradient reached latents that were not selected by TopK: that is a "
-                            "straight-through estimator, not the true gradient. Multiply by the TopK mask "
-                            "(z > 0): unselected latents are constant 0 near this input, so d loss / d pre = 0 there.")
+                _fail(name, f"grad[{key!r}]: gradient reached latents that were not selected by "
+                            "TopK: that is a straight-through estimator, not the true gradient. "
+                            "Multiply by the TopK mask (z > 0): unselected latents are constant 0 "
+                            "near this input, so d loss / d pre = 0 there.")
             for factor, hint in ((2.0, "missing the factor 2 from the derivative of the square"),
                                  (0.5, "an extra factor 2"),
-                                 (1.0 / B, f"missing the 1/B={1 / B:.3g} from .mean() over the batch"),
+                                 (1.0 / B, f"missing the 1/B={1 / B:.3g} from .mean() over "
+                                           "the batch"),
                                  (float(B), f"dividing by the batch size twice (off by B={B})")):
                 if B > 1 or factor in (2.0, 0.5):
                     if torch.allclose(g * factor, w, atol=1e-5, rtol=1e-4):
@@ -202,52 +222,61 @@ def check_topk_backward(fn: Callable) -> None:
             if g.ndim == 2 and g.shape[0] == g.shape[1] and torch.allclose(g.T, w, atol=1e-5):
                 _fail(name, f"grad[{key!r}] is transposed: it must have the layout of {key}.")
             err = float((g - w).abs().max())
-            _fail(name, f"grad[{key!r}] differs from autograd by up to {err:.3g} (case {trial}: B={B}, d_in={d}, "
-                        f"d_sae={n}, k={k}). Chain rule: g_xhat = 2(x_hat - x)/B; grad W_dec = zᵀ g_xhat; "
+            _fail(name, f"grad[{key!r}] differs from autograd by up to {err:.3g} "
+                        f"(case {trial}: B={B}, d_in={d}, d_sae={n}, k={k}). "
+                        "Chain rule: g_xhat = 2(x_hat - x)/B; grad W_dec = zᵀ g_xhat; "
                         "g_z = g_xhat W_decᵀ; g_pre = g_z ⊙ 1[z > 0]; grad W_enc = xᵀ g_pre.")
     _passed(name, "3 cases match autograd (gradient flows only through the k selected latents)")
 
 
-# --- Exercise 5 ------------------------------------------------------------------------------------
+# --- Exercise 5 -----------------------------------------------------------------------------------
 def check_welch_bound(fn: Callable[[int, float], float]) -> None:
-    """fn(d, eps) -> largest N allowed by the first Welch bound; math.inf when the bound is vacuous."""
+    """fn(d, eps) -> largest N allowed by the first Welch bound; math.inf when the bound is
+    vacuous."""
     name = "check_welch_bound"
-    cases = [(4096, 0.01), (4096, 0.1), (768, 0.02), (100, 0.05), (2, 0.5), (10, 0.0), (512, 0.03), (4096, 0.015625)]
+    cases = [(4096, 0.01), (4096, 0.1), (768, 0.02), (100, 0.05), (2, 0.5), (10, 0.0), (512, 0.03),
+             (4096, 0.015625)]
     for d, eps in cases:
         got = _call(name, fn, d, eps)
         want = welch_bound(d, eps)
         if want == math.inf:
             if got != math.inf:
-                _fail(name, f"d={d}, eps={eps}: d·ε² = {d * eps**2:.3g} >= 1, so 1 - dε² <= 0 and the bound says "
-                            f"nothing (it would be negative or infinite); return math.inf, not {got!r}.")
+                _fail(name, f"d={d}, eps={eps}: d·ε² = {d * eps**2:.3g} >= 1, so 1 - dε² <= 0 and "
+                            "the bound says nothing (it would be negative or infinite); "
+                            f"return math.inf, not {got!r}.")
             continue
         raw = d * (1 - eps**2) / (1 - d * eps**2)
         if got == want:
             continue
         if got == math.inf:
-            _fail(name, f"d={d}, eps={eps}: d·ε² = {d * eps**2:.3g} < 1, so the bound is finite: N <= {want:.0f}.")
+            _fail(name, f"d={d}, eps={eps}: d·ε² = {d * eps**2:.3g} < 1, so the bound is finite: "
+                        f"N <= {want:.0f}.")
         if math.isclose(float(got), raw, rel_tol=1e-9):
-            _fail(name, f"d={d}, eps={eps}: you returned {got:.4f}; N counts vectors, so round down to {want:.0f}.")
+            _fail(name, f"d={d}, eps={eps}: you returned {got:.4f}; N counts vectors, so round "
+                        f"down to {want:.0f}.")
         if d * eps < 1 and math.isclose(float(got), d * (1 - eps) / (1 - d * eps), rel_tol=1e-6):
-            _fail(name, f"d={d}, eps={eps}: the Welch bound uses ε² (squared inner products), not ε.")
+            _fail(name, f"d={d}, eps={eps}: the Welch bound uses ε² (squared inner products), "
+                        "not ε.")
         _fail(name, f"d={d}, eps={eps}: expected floor(d(1-ε²)/(1-dε²)) = {want:.0f}, got {got!r}.")
     _passed(name, f"{len(cases)} cases, e.g. d=4096: ε=0.01 -> N <= {welch_bound(4096, 0.01):.0f}, "
                   "ε=0.1 -> vacuous (inf)")
 
 
-# --- JumpReLU forward + STE backward -----------------------------------------------------------------
+# --- JumpReLU forward + STE backward --------------------------------------------------------------
 def _jumprelu_reference(z, theta, eps):
     from ..jumprelu import jumprelu
     return jumprelu(z, theta, eps)
 
 
 def check_jumprelu(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
-    """fn(z [B, d_sae], threshold [d_sae], bandwidth) -> z·H(z - θ), differentiable: d/dz = H(z - θ),
-    d/dθ = -(θ/ε)·K((z - θ)/ε) with the rectangle kernel K(u) = 1[|u| < 1/2]."""
+    """fn(z [B, d_sae], threshold [d_sae], bandwidth) -> z·H(z - θ), differentiable:
+    d/dz = H(z - θ), d/dθ = -(θ/ε)·K((z - θ)/ε) with the rectangle kernel K(u) = 1[|u| < 1/2]."""
     name = "check_jumprelu"
     gen = torch.Generator().manual_seed(0)
-    cases = [(torch.tensor([[0.5, 1.05, 1.2, 2.0], [0.96, 1.6, -1.0, 0.99]]), torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.2)]
-    cases += [(torch.randn(16, 8, generator=gen), 0.2 + torch.rand(8, generator=gen), eps) for eps in (0.1, 0.5)]
+    cases = [(torch.tensor([[0.5, 1.05, 1.2, 2.0], [0.96, 1.6, -1.0, 0.99]]),
+              torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.2)]
+    cases += [(torch.randn(16, 8, generator=gen), 0.2 + torch.rand(8, generator=gen), eps)
+              for eps in (0.1, 0.5)]
     for z0, t0, eps in cases:
         z, theta = z0.clone().requires_grad_(), t0.clone().requires_grad_()
         out = _as_tensor(name, _call(name, fn, z, theta, eps), z0)
@@ -256,12 +285,12 @@ def check_jumprelu(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
         if not torch.allclose(out.detach(), want.detach(), atol=1e-6):
             shrunk = torch.where(z0 > t0, z0 - t0, torch.zeros_like(z0))
             if torch.allclose(out.detach(), shrunk, atol=1e-6):
-                _fail(name, "you returned z - θ above the threshold: JumpReLU passes z through *unchanged* "
-                            "(no shrinkage); only values at or below θ become 0.")
+                _fail(name, "you returned z - θ above the threshold: JumpReLU passes z through "
+                            "*unchanged* (no shrinkage); only values at or below θ become 0.")
             _fail(name, "forward values differ: JumpReLU_θ(z) = z where z > θ, else 0.")
         if not out.requires_grad:
-            _fail(name, "the output does not require grad: use a torch.autograd.Function (or the STE trick) so "
-                        "that backward reaches z and θ.")
+            _fail(name, "the output does not require grad: use a torch.autograd.Function "
+                        "(or the STE trick) so that backward reaches z and θ.")
         g = torch.randn(out.shape, generator=gen)
         (out * g).sum().backward()
         (want * g).sum().backward()
@@ -269,26 +298,30 @@ def check_jumprelu(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
             _fail(name, "backward did not reach both z and threshold: return a gradient for each.")
         if not torch.allclose(z.grad, zr.grad, atol=1e-5):
             if torch.allclose(z.grad, g, atol=1e-5):
-                _fail(name, "d/dz is 1 everywhere: the true gradient of z·H(z-θ) with respect to z is H(z - θ), "
-                            "zero below the threshold.")
+                _fail(name, "d/dz is 1 everywhere: the true gradient of z·H(z-θ) with respect to z "
+                            "is H(z - θ), zero below the threshold.")
             _fail(name, "d/dz is wrong: it should be H(z - θ)·grad_output.")
         if not torch.allclose(theta.grad, tr.grad, atol=1e-4):
             if torch.allclose(theta.grad * t0, tr.grad, atol=1e-4):
                 _fail(name, "d/dθ is missing the factor θ: for JumpReLU it is -(θ/ε)·K((z-θ)/ε); "
-                            "-(1/ε)·K is the step function's pseudo-derivative (used for the L0 penalty).")
+                            "-(1/ε)·K is the step function's pseudo-derivative "
+                            "(used for the L0 penalty).")
             if torch.allclose(-theta.grad, tr.grad, atol=1e-4):
-                _fail(name, "d/dθ has the wrong sign: raising θ can only switch units off, so it lowers the output.")
+                _fail(name, "d/dθ has the wrong sign: raising θ can only switch units off, so it "
+                            "lowers the output.")
             if theta.grad.abs().sum() == 0:
-                _fail(name, "d/dθ is zero: the Heaviside step has zero derivative almost everywhere, which is why "
-                            "the STE replaces it by a kernel: -(θ/ε)·K((z-θ)/ε).")
-            _fail(name, f"d/dθ is wrong (bandwidth ε={eps}): use the rectangle kernel K(u) = 1[|u| < 1/2] at "
-                        "u = (z - θ)/ε, and sum over the batch.")
+                _fail(name, "d/dθ is zero: the Heaviside step has zero derivative almost "
+                            "everywhere, which is why the STE replaces it by a kernel: "
+                            "-(θ/ε)·K((z-θ)/ε).")
+            _fail(name, f"d/dθ is wrong (bandwidth ε={eps}): use the rectangle kernel "
+                        "K(u) = 1[|u| < 1/2] at u = (z - θ)/ε, and sum over the batch.")
     _passed(name, f"{len(cases)} cases (forward, exact d/dz, STE d/dθ)")
 
 
-# --- Toy model loss ----------------------------------------------------------------------------------
+# --- Toy model loss -------------------------------------------------------------------------------
 def check_toy_model_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]) -> None:
-    """fn(W [m, n], b [n], x [B, n], importance [n]) -> scalar mean_x Σ_i I_i (x_i - ReLU(WᵀWx + b)_i)²."""
+    """fn(W [m, n], b [n], x [B, n], importance [n]) -> scalar
+    mean_x Σ_i I_i (x_i - ReLU(WᵀWx + b)_i)²."""
     name = "check_toy_model_loss"
     gen = torch.Generator().manual_seed(0)
     for m, n, B in ((2, 5, 64), (1, 2, 7), (3, 3, 10)):
@@ -298,33 +331,40 @@ def check_toy_model_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor])
         got = _call(name, fn, W, b, x, imp)
         if not isinstance(got, Tensor) or got.numel() != 1:
             _fail(name, f"return a scalar tensor, got {got!r}.")
-        x_hat = toy_forward(W[None], b[None], x[None])[0]
+        x_hat = toy_forward(W[None], b[None], x[None])[0]  # one instance: W [1, m, n], x [1, B, n]
         want = ((x - x_hat) ** 2 * imp).sum(-1).mean()
         if torch.isclose(got, want, rtol=1e-4):
             continue
         lin = x @ W.T @ W + b
         if torch.isclose(got, ((x - lin) ** 2 * imp).sum(-1).mean(), rtol=1e-4):
-            _fail(name, "you forgot the ReLU on the output: x' = ReLU(WᵀWx + b). The ReLU is what lets the model "
-                        "filter out negative interference, and so what makes superposition pay.")
+            _fail(name, "you forgot the ReLU on the output: x' = ReLU(WᵀWx + b). The ReLU is what "
+                        "lets the model filter out negative interference, and so what makes "
+                        "superposition pay.")
         if torch.isclose(got, ((x - x_hat) ** 2).sum(-1).mean(), rtol=1e-4):
-            _fail(name, "the importance weights are missing: multiply each feature's squared error by I_i.")
+            _fail(name, "the importance weights are missing: multiply each feature's squared error "
+                        "by I_i.")
         if torch.isclose(got, ((x - x_hat) ** 2 * imp).sum(), rtol=1e-4):
-            _fail(name, "you summed over the batch: average over inputs (mean over the batch dimension).")
+            _fail(name, "you summed over the batch: average over inputs "
+                        "(mean over the batch dimension).")
         if torch.isclose(got, ((x - x_hat) ** 2 * imp).mean(), rtol=1e-4):
-            _fail(name, "you averaged over features too: sum over features (weighted by I_i), mean over the batch.")
-        _fail(name, f"loss {float(got):.5f} differs from the reference {float(want):.5f} (m={m}, n={n}).")
+            _fail(name, "you averaged over features too: sum over features (weighted by I_i), "
+                        "mean over the batch.")
+        _fail(name, f"loss {float(got):.5f} differs from the reference {float(want):.5f} "
+                    f"(m={m}, n={n}).")
     _passed(name, "3 cases (importance-weighted, ReLU output, mean over the batch)")
 
 
-# --- Recovery score ----------------------------------------------------------------------------------
+# --- Recovery score -------------------------------------------------------------------------------
 def check_recovery_score(fn: Callable[[Tensor, Tensor, float], tuple[float, float]]) -> None:
-    """fn(true_dictionary [n, d], W_dec [d_sae, d], threshold) -> (mmcs, frac_recovered): for each *true*
-    feature the best cosine to any decoder row; their mean, and the fraction above ``threshold``."""
+    """fn(true_dictionary [n, d], W_dec [d_sae, d], threshold) -> (mmcs, frac_recovered): for each
+    *true* feature the best cosine to any decoder row; their mean, and the fraction above
+    ``threshold``."""
     name = "check_recovery_score"
     gen = torch.Generator().manual_seed(0)
     D = torch.nn.functional.normalize(torch.randn(10, 6, generator=gen), dim=-1)
     noisy = D + 0.3 * torch.randn(10, 6, generator=gen)
-    W_dec = torch.cat([5.0 * noisy[:7], -D[7:], torch.randn(20, 6, generator=gen)])  # unnormalised, some flipped
+    # unnormalised, some flipped
+    W_dec = torch.cat([5.0 * noisy[:7], -D[7:], torch.randn(20, 6, generator=gen)])
     cos = torch.nn.functional.normalize(D, dim=-1) @ torch.nn.functional.normalize(W_dec, dim=-1).T
     best = cos.max(1).values
     want = (float(best.mean()), float((best > 0.9).float().mean()))
@@ -332,24 +372,30 @@ def check_recovery_score(fn: Callable[[Tensor, Tensor, float], tuple[float, floa
     if not (isinstance(got, tuple) and len(got) == 2):
         _fail(name, f"return a tuple (mmcs, frac_recovered), got {got!r}.")
     mm, fr = float(got[0]), float(got[1])
-    if math.isclose(mm, float(cos.abs().max(1).values.mean()), rel_tol=1e-4) and not math.isclose(mm, want[0], rel_tol=1e-4):
-        _fail(name, "you used |cos|: a decoder row pointing *against* a feature does not recover it (latents are "
-                    "non-negative, so the SAE can only add the direction, never subtract it).")
-    if math.isclose(mm, float(cos.max(0).values.mean()), rel_tol=1e-4) and not math.isclose(mm, want[0], rel_tol=1e-4):
-        _fail(name, "you averaged over the SAE's latents: MMCS to the truth asks, for each *true* feature, how well "
-                    "its best latent matches (max over latents, mean over true features).")
+    if (math.isclose(mm, float(cos.abs().max(1).values.mean()), rel_tol=1e-4)
+            and not math.isclose(mm, want[0], rel_tol=1e-4)):
+        _fail(name, "you used |cos|: a decoder row pointing *against* a feature does not "
+                    "recover it (latents are non-negative, so the SAE can only add the direction, "
+                    "never subtract it).")
+    if (math.isclose(mm, float(cos.max(0).values.mean()), rel_tol=1e-4)
+            and not math.isclose(mm, want[0], rel_tol=1e-4)):
+        _fail(name, "you averaged over the SAE's latents: MMCS to the truth asks, for each *true* "
+                    "feature, how well its best latent matches (max over latents, mean over true "
+                    "features).")
     raw = (D @ W_dec.T).max(1).values.mean()
     if math.isclose(mm, float(raw), rel_tol=1e-4):
-        _fail(name, "you used dot products, not cosines: normalise the decoder rows (they need not be unit norm).")
+        _fail(name, "you used dot products, not cosines: normalise the decoder rows "
+                    "(they need not be unit norm).")
     if not math.isclose(mm, want[0], rel_tol=1e-4):
         _fail(name, f"mmcs should be {want[0]:.4f}, got {mm:.4f}.")
     if not math.isclose(fr, want[1], rel_tol=1e-6):
-        _fail(name, f"frac_recovered should be {want[1]:.2f} (fraction of true features whose best cosine > 0.9), "
-                    f"got {fr:.2f}.")
-    _passed(name, f"mmcs {want[0]:.3f}, recovered {want[1]:.0%} on a case with unnormalised and flipped decoder rows")
+        _fail(name, f"frac_recovered should be {want[1]:.2f} (fraction of true features whose best "
+                    f"cosine > 0.9), got {fr:.2f}.")
+    _passed(name, f"mmcs {want[0]:.3f}, recovered {want[1]:.0%} on a case with unnormalised and "
+                  "flipped decoder rows")
 
 
-# --- Notebook 05: ablation through the SAE ------------------------------------------------------------
+# --- Notebook 05: ablation through the SAE --------------------------------------------------------
 def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
     from ..topk import TopKSAE
 
@@ -362,22 +408,23 @@ def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
 
 
 def check_ablate_latent(fn: Callable) -> None:
-    """fn(x [B, d_in], sae, latent) -> [B, d_in]: x with latent ``latent``'s contribution f_i(x)·d_i removed,
-    the SAE's error term kept."""
+    """fn(x [B, d_in], sae, latent) -> [B, d_in]: x with latent ``latent``'s contribution
+    f_i(x)·d_i removed, the SAE's error term kept."""
     name = "check_ablate_latent"
     gen = torch.Generator().manual_seed(0)
     sae = _random_sae(8, 32, 4, seed=0)
     x = torch.randn(64, 8, generator=gen) * 3
     with torch.no_grad():
         f = sae.encode(x)
-    latents = [int(f.gt(0).sum(0).argmax()), int(f.gt(0).sum(0).argmin())]   # a busy latent and a rare one
+    # a busy latent and a rare one
+    latents = [int(f.gt(0).sum(0).argmax()), int(f.gt(0).sum(0).argmin())]
     for latent in latents:
         x_in = x.clone()
         with torch.no_grad():
             out = _call(name, fn, x_in, sae, latent)
         if not torch.equal(x_in, x):
-            _fail(name, "your function changed its input x in place: return a new tensor (x - ... or x.clone()), "
-                        "the caller still needs the clean activations.")
+            _fail(name, "your function changed its input x in place: return a new tensor "
+                        "(x - ... or x.clone()), the caller still needs the clean activations.")
         out = _as_tensor(name, out, x).detach()
         want = x - f[:, latent, None] * sae.W_dec[latent].detach()
         if torch.allclose(out, want, atol=1e-4):
@@ -387,24 +434,28 @@ def check_ablate_latent(fn: Callable) -> None:
             f_zeroed[:, latent] = 0
             without_error = sae.decode(f_zeroed)
         if torch.allclose(out, without_error, atol=1e-4):
-            _fail(name, "you returned the SAE's reconstruction with the latent zeroed, dropping the error term "
-                        "x - x̂. Add it back: the experiment must change only what the latent contributes.")
+            _fail(name, "you returned the SAE's reconstruction with the latent zeroed, dropping "
+                        "the error term x - x̂. Add it back: the experiment must change only what "
+                        "the latent contributes.")
         if torch.allclose(out, x - sae.W_dec[latent].detach(), atol=1e-4):
-            _fail(name, "you subtracted the decoder direction d_i itself: scale it by the latent's activation "
-                        "f_i(x) (per row; rows where the latent does not fire must stay unchanged).")
+            _fail(name, "you subtracted the decoder direction d_i itself: scale it by the latent's "
+                        "activation f_i(x) (per row; rows where the latent does not fire must stay "
+                        "unchanged).")
         if torch.allclose(out, x - f[:, latent, None] * sae.W_enc[:, latent].detach(), atol=1e-4):
-            _fail(name, "you used the encoder column W_enc[:, i]: the latent writes into the activation along its "
-                        "*decoder* direction W_dec[i].")
+            _fail(name, "you used the encoder column W_enc[:, i]: the latent writes into the "
+                        "activation along its *decoder* direction W_dec[i].")
         unchanged = f[:, latent] == 0
         if not torch.allclose(out[unchanged], x[unchanged], atol=1e-4):
-            _fail(name, "rows where the latent does not fire changed: there f_i(x) = 0, so ablation is a no-op.")
+            _fail(name, "rows where the latent does not fire changed: there f_i(x) = 0, so "
+                        "ablation is a no-op.")
         _fail(name, f"for latent {latent}, expected x - f_i(x)·W_dec[i]; the largest difference is "
                     f"{float((out - want).abs().max()):.3g}.")
     _passed(name, f"latents {latents}: only f_i(x)·d_i removed, error term kept, input untouched")
 
 
-# --- Notebook 06: the Matryoshka loss ------------------------------------------------------------------
-def _matryoshka_reference(x, latents, W_dec, b_dec, prefix_sizes, *, from_end=False, reduce="sum", per_elem=False):
+# --- Notebook 06: the Matryoshka loss -------------------------------------------------------------
+def _matryoshka_reference(x, latents, W_dec, b_dec, prefix_sizes, *, from_end=False, reduce="sum",
+                          per_elem=False):
     terms = []
     for m in prefix_sizes:
         sl = slice(latents.shape[1] - m, None) if from_end else slice(0, m)
@@ -415,8 +466,9 @@ def _matryoshka_reference(x, latents, W_dec, b_dec, prefix_sizes, *, from_end=Fa
 
 
 def check_matryoshka_loss(fn: Callable) -> None:
-    """fn(x [B, d_in], latents [B, d_sae], W_dec [d_sae, d_in], b_dec [d_in], prefix_sizes) -> scalar:
-    Σ_m  mean_b ||x_b - (latents[b, :m] @ W_dec[:m] + b_dec)||²  over the prefix sizes m (the last is d_sae)."""
+    """fn(x [B, d_in], latents [B, d_sae], W_dec [d_sae, d_in], b_dec [d_in], prefix_sizes) ->
+    scalar: Σ_m  mean_b ||x_b - (latents[b, :m] @ W_dec[:m] + b_dec)||²  over the prefix sizes m
+    (the last is d_sae)."""
     name = "check_matryoshka_loss"
     gen = torch.Generator().manual_seed(0)
     B, d_in, d_sae = 16, 6, 24
@@ -434,25 +486,31 @@ def check_matryoshka_loss(fn: Callable) -> None:
         _passed(name, f"{len(sizes)} nested prefixes {sizes}: loss {want:.4f}")
         return
     wrong = {
-        "only the full dictionary": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes[-1:])),
-        "averaged over prefixes": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, reduce="mean")),
-        "last m latents": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, from_end=True)),
+        "only the full dictionary": float(_matryoshka_reference(x, latents, W_dec, b_dec,
+                                                                sizes[-1:])),
+        "averaged over prefixes": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes,
+                                                              reduce="mean")),
+        "last m latents": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes,
+                                                      from_end=True)),
         "no b_dec": float(_matryoshka_reference(x, latents, W_dec, torch.zeros(d_in), sizes)),
-        "per element": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes, per_elem=True)),
+        "per element": float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes,
+                                                   per_elem=True)),
     }
     hints = {
-        "only the full dictionary": "you only counted the full reconstruction: add one term per prefix size m, "
-                                    "each reconstructing x from the first m latents alone.",
-        "averaged over prefixes": "you averaged the prefix losses: Bussmann et al. (2025) sum them (each prefix is "
-                                  "trained as a full SAE).",
-        "last m latents": "you used the *last* m latents: a Matryoshka prefix is the *first* m latents "
-                          "(latents[:, :m] with W_dec[:m]).",
-        "no b_dec": "every prefix reconstruction includes the decoder bias: x̂_m = latents[:, :m] @ W_dec[:m] + b_dec.",
-        "per element": "you averaged over d_in as well (F.mse_loss's default): sum the squared error over d_in, "
-                       "average over the batch.",
+        "only the full dictionary": "you only counted the full reconstruction: add one term "
+                                    "per prefix size m, each reconstructing x from the first m "
+                                    "latents alone.",
+        "averaged over prefixes": "you averaged the prefix losses: Bussmann et al. (2025) sum "
+                                  "them (each prefix is trained as a full SAE).",
+        "last m latents": "you used the *last* m latents: a Matryoshka prefix is the *first* m "
+                          "latents (latents[:, :m] with W_dec[:m]).",
+        "no b_dec": "every prefix reconstruction includes the decoder bias: "
+                    "x̂_m = latents[:, :m] @ W_dec[:m] + b_dec.",
+        "per element": "you averaged over d_in as well (F.mse_loss's default): sum the squared "
+                       "error over d_in, average over the batch.",
     }
     for key, value in wrong.items():
         if math.isclose(got, value, rel_tol=1e-4):
             _fail(name, hints[key])
-    _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the batch of "
-                "||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")
+    _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the "
+                "batch of ||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")

@@ -1,20 +1,28 @@
-"""The course tooling: build exercises from solutions, run every notebook, self-grade an exercise notebook.
+"""The course tooling: build exercises from solutions, run every notebook, self-grade an exercise
+notebook.
 
-    python -m sae_minimal.course build            # solutions/ -> exercises/ (stubs) and notebooks/ (reading copy)
-    python -m sae_minimal.course run [--fast]     # execute notebooks/ in order, print a status/runtime table
-    python -m sae_minimal.course check exercises/03_l1_shrinkage.ipynb   # which checkers pass, one line each
-    python -m sae_minimal.course execute solutions/00_introduction.ipynb  # re-execute in place (maintainers)
-    python -m sae_minimal.course demo [--tokens N]  # a first SAE on synthetic data (= python -m sae_minimal.course.demo)
+    python -m sae_minimal.course build            # solutions/ -> exercises/ (stubs) and
+                                                  # notebooks/ (reading copy)
+    python -m sae_minimal.course run [--fast]     # execute notebooks/ in order, print a
+                                                  # status/runtime table
+    python -m sae_minimal.course check exercises/03_l1_shrinkage.ipynb   # which checkers pass,
+                                                                         # one line each
+    python -m sae_minimal.course execute solutions/00_introduction.ipynb  # re-execute in place
+                                                                          # (maintainers)
+    python -m sae_minimal.course demo [--tokens N]  # a first SAE on synthetic data
+                                                    # (= python -m sae_minimal.course.demo)
 
 One source of truth: the solution notebooks in ``solutions/``, written with nbgrader's markers.
 
-    ### BEGIN SOLUTION            (in code or Markdown cells; lines starting "# HINT:" are kept as hints)
+    ### BEGIN SOLUTION            (in code or Markdown cells; lines starting "# HINT:" are kept
+                                   as hints)
     ### END SOLUTION
     ### BEGIN HIDDEN TESTS        (removed from the exercise entirely)
     ### END HIDDEN TESTS
 
-``build`` writes ``exercises/`` (each solution block replaced by a stub, outputs cleared) and ``notebooks/``
-(markers stripped, outputs kept). ``SAE_MINIMAL_FAST=1`` (``run --fast``) asks notebooks for shorter training.
+``build`` writes ``exercises/`` (each solution block replaced by a stub, outputs cleared) and
+``notebooks/`` (markers stripped, outputs kept). ``SAE_MINIMAL_FAST=1`` (``run --fast``) asks
+notebooks for shorter training.
 """
 
 from __future__ import annotations
@@ -35,15 +43,16 @@ NUMBERED = re.compile(r"^\d\d_.*\.ipynb$")
 
 
 def _root() -> Path:
-    """The repository root: the folder holding solutions/ (searched upwards from the working directory)."""
+    """The repository root: the folder holding solutions/ (searched upwards from the working
+    directory)."""
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "solutions").is_dir():
             return folder
-    raise FileNotFoundError("Could not find the course's solutions/ folder above the current directory. "
-                            "Run this from a checkout of the sae-minimal repository.")
+    raise FileNotFoundError("Could not find the course's solutions/ folder above the current "
+                            "directory. Run this from a checkout of the sae-minimal repository.")
 
 
-# --- build ------------------------------------------------------------------------------------------
+# --- build ----------------------------------------------------------------------------------------
 def _strip_block(lines: list[str], begin: str, end: str, replace) -> list[str]:
     out, block = [], None
     for line in lines:
@@ -78,7 +87,8 @@ def exercise_source(source: str, cell_type: str) -> str:
 def reading_source(source: str) -> str:
     """A solution cell's source with the markers (and hint comments) removed, solutions kept."""
     keep = [line for line in source.split("\n")
-            if line.strip() not in (BEGIN, END, BEGIN_HIDDEN, END_HIDDEN) and not line.strip().startswith("# HINT:")]
+            if line.strip() not in (BEGIN, END, BEGIN_HIDDEN, END_HIDDEN)
+            and not line.strip().startswith("# HINT:")]
     return "\n".join(keep)
 
 
@@ -99,8 +109,8 @@ def build_reading(nb):
 
 
 def build(root: Path | None = None, check_only: bool = False) -> list[str]:
-    """Regenerate exercises/ and notebooks/ from solutions/. With check_only, write nothing and return the
-    paths that are out of date."""
+    """Regenerate exercises/ and notebooks/ from solutions/. With check_only, write nothing and
+    return the paths that are out of date."""
     import nbformat
 
     root = root or _root()
@@ -118,9 +128,10 @@ def build(root: Path | None = None, check_only: bool = False) -> list[str]:
     return stale
 
 
-# --- execution --------------------------------------------------------------------------------------
+# --- execution ------------------------------------------------------------------------------------
 def execute(path: Path, *, timeout: int = 1800, allow_errors: bool = False, fast: bool = False):
-    """Execute a notebook in its own folder with the current Python; returns the executed notebook."""
+    """Execute a notebook in its own folder with the current Python; returns the executed
+    notebook."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -129,7 +140,8 @@ def execute(path: Path, *, timeout: int = 1800, allow_errors: bool = False, fast
     os.environ["SAE_MINIMAL_FAST"] = "1" if fast else env_before or "0"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                allow_errors=allow_errors,
                                 resources={"metadata": {"path": str(path.parent.resolve())}})
         client.execute()
     finally:
@@ -141,7 +153,8 @@ def execute(path: Path, *, timeout: int = 1800, allow_errors: bool = False, fast
 
 
 def run(folder: Path, fast: bool) -> int:
-    """Execute every numbered notebook in ``folder`` in order; print a table; return the number of failures."""
+    """Execute every numbered notebook in ``folder`` in order; print a table; return the number of
+    failures."""
     from tqdm.auto import tqdm
 
     paths = sorted(p for p in folder.glob("*.ipynb") if NUMBERED.match(p.name))
@@ -154,19 +167,22 @@ def run(folder: Path, fast: bool) -> int:
             execute(path, fast=fast)
             status = "ok"
         except Exception as e:  # noqa: BLE001 -- report and go on to the next notebook
-            status = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[-1][:80] if str(e).strip() else ''}"
+            status = (f"FAILED: {type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[-1][:80] if str(e).strip() else ''}")
             failures += 1
         rows.append((path.name, status, time.perf_counter() - t0))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'notebook':<{width}}  {'runtime':>8}  status   ({'fast' if fast else 'full'} mode)")
     for name, status, secs in rows:
         print(f"{name:<{width}}  {secs:>7.1f}s  {status}")
-    print(f"{'total':<{width}}  {sum(r[2] for r in rows):>7.1f}s  {len(rows) - failures} ok, {failures} failed")
+    print(f"{'total':<{width}}  {sum(r[2] for r in rows):>7.1f}s  "
+          f"{len(rows) - failures} ok, {failures} failed")
     return failures
 
 
 def check(path: Path, fast: bool = False) -> list[tuple[str, str]]:
-    """Execute a learner's notebook (continuing past errors) and report each checker call's outcome."""
+    """Execute a learner's notebook (continuing past errors) and report each checker call's
+    outcome."""
     nb = execute(path, allow_errors=True, fast=fast)
     results = []
     for cell in nb.cells:
@@ -199,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="regenerate exercises/ and notebooks/ from solutions/")
-    b.add_argument("--check", action="store_true", help="only report what is out of date (exit 1 if any)")
+    b.add_argument("--check", action="store_true",
+                   help="only report what is out of date (exit 1 if any)")
     r = sub.add_parser("run", help="execute every notebook in order and print a status table")
-    r.add_argument("--fast", action="store_true", help="short training (SAE_MINIMAL_FAST=1), as CI does")
+    r.add_argument("--fast", action="store_true",
+                   help="short training (SAE_MINIMAL_FAST=1), as CI does")
     r.add_argument("--dir", default=None, help="folder of notebooks (default: notebooks/)")
     c = sub.add_parser("check", help="execute an exercise notebook and report each checker")
     c.add_argument("notebook")
@@ -209,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("execute", help="re-execute notebooks in place, keeping their outputs")
     e.add_argument("notebooks", nargs="+")
     e.add_argument("--fast", action="store_true")
-    sub.add_parser("demo", help="train a first SAE on synthetic data (under a minute)", add_help=False)
+    sub.add_parser("demo", help="train a first SAE on synthetic data (under a minute)",
+                   add_help=False)
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "demo":
         from .demo import main as demo

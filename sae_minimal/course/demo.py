@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         out = sae(x)
     rec = recovery(sae, data.dictionary)
     result = {"fvu": metrics.fvu(x, out.x_hat), "l0": metrics.l0(out.latents), **rec}
-    print(f"  FVU {result['fvu']:.3f} | L0 {result['l0']:.1f} | true features recovered (cos > 0.9): "
-          f"{rec['frac_recovered']:.0%} | MMCS to truth {rec['mmcs']:.3f}")
+    print(f"  FVU {result['fvu']:.3f} | L0 {result['l0']:.1f} | true features recovered "
+          f"(cos > 0.9): {rec['frac_recovered']:.0%} | MMCS to truth {rec['mmcs']:.3f}")
     print("Next: open JupyterLab (`jupyter lab`) and start with notebooks/00_introduction.ipynb")
     return result
 

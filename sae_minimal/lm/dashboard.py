@@ -1,13 +1,14 @@
-"""Feature dashboards without a web service: everything needed to guess what a latent means, as HTML.
+"""Feature dashboards without a web service: everything needed to guess what a latent means, as
+HTML.
 
     acts = LatentContext(model, sae, "blocks.2.hook_resid_post", tokens)    # runs the model once
     feature_dashboard(acts, latent=123)                                      # renders in Jupyter
     feature_dashboard(acts, latent=123, save_path="latent123.html")          # or a standalone file
 
-Sections: firing density and max activation; top-activating contexts with tokens shaded by activation;
-samples from activation quantiles (what *typical* firing looks like, not just the extremes); a histogram of
-non-zero activations; the decoder direction's direct logit effect (tokens it promotes and suppresses through
-the unembedding); and the nearest latents by decoder cosine.
+Sections: firing density and max activation; top-activating contexts with tokens shaded by
+activation; samples from activation quantiles (what *typical* firing looks like, not just the
+extremes); a histogram of non-zero activations; the decoder direction's direct logit effect (tokens
+it promotes and suppresses through the unembedding); and the nearest latents by decoder cosine.
 """
 
 from __future__ import annotations
@@ -26,19 +27,21 @@ from .activations import run_to_hook
 
 
 class LatentContext:
-    """Activations of ``tokens`` [n, context] at ``hook_name``, kept so that many dashboards share one forward
-    pass. ``latent_acts(i)`` -> [n, context] activation of latent i (BOS position set to 0)."""
+    """Activations of ``tokens`` [n, context] at ``hook_name``, kept so that many dashboards share
+    one forward pass. ``latent_acts(i)`` -> [n, context] activation of latent i (BOS position set
+    to 0)."""
 
     def __init__(self, model, sae, hook_name: str, tokens: Tensor, batch_size: int = 32):
         self.model, self.sae, self.hook_name, self.tokens = model, sae, hook_name, tokens
         self.acts = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)
-                               for i in range(0, len(tokens), batch_size)])          # [n, context, d_in]
+                               for i in range(0, len(tokens), batch_size)])  # [n, context, d_in]
 
     @torch.no_grad()
     def latent_acts(self, latent: int, chunk: int = 8192) -> Tensor:
-        flat = self.acts.reshape(-1, self.acts.shape[-1])
-        col = torch.cat([self.sae.encode(flat[i:i + chunk])[:, latent] for i in range(0, len(flat), chunk)])
-        col = col.reshape(self.acts.shape[:2]).clone()
+        flat = self.acts.reshape(-1, self.acts.shape[-1])   # [n·context, d_in]
+        col = torch.cat([self.sae.encode(flat[i:i + chunk])[:, latent]
+                         for i in range(0, len(flat), chunk)])
+        col = col.reshape(self.acts.shape[:2]).clone()       # [n, context]
         col[:, 0] = 0.0   # BOS is outside the SAE's training distribution
         return col
 
@@ -53,7 +56,8 @@ class LatentContext:
 
 
 def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -> list[str]:
-    """Plain-text top activations of ``latent``, one per window: "activation  ...context[token]" (newlines as ⏎)."""
+    """Plain-text top activations of ``latent``, one per window: "activation  ...context[token]"
+    (newlines as ⏎)."""
     acts = ctx.latent_acts(latent)
     best = acts.max(dim=1)
     lines = []
@@ -62,7 +66,8 @@ def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -
         if value <= 0:
             break
         left = "".join(ctx.token_str(t) for t in ctx.tokens[row, max(1, pos - before):pos])
-        lines.append(f"{value:6.2f}  ...{left}[{ctx.token_str(ctx.tokens[row, pos])}]".replace("\n", "⏎"))
+        lines.append(f"{value:6.2f}  ...{left}[{ctx.token_str(ctx.tokens[row, pos])}]"
+                     .replace("\n", "⏎"))
     return lines
 
 
@@ -90,13 +95,15 @@ class Dashboard:
         return path
 
 
-def _shade(ctx: LatentContext, row: int, pos: int, acts: Tensor, vmax: float, before: int, after: int) -> str:
+def _shade(ctx: LatentContext, row: int, pos: int, acts: Tensor, vmax: float, before: int,
+           after: int) -> str:
     spans = []
     for p in range(max(1, pos - before), min(acts.shape[1], pos + after + 1)):
         a = float(acts[row, p]) / vmax if vmax > 0 else 0.0
         text = html.escape(ctx.token_str(ctx.tokens[row, p])).replace("\n", "⏎")
         border = "border-bottom:2px solid #333;" if p == pos else ""
-        spans.append(f"<span title='{float(acts[row, p]):.3f}' style='background:rgba(255,120,0,{max(a, 0):.2f});"
+        spans.append(f"<span title='{float(acts[row, p]):.3f}' "
+                     f"style='background:rgba(255,120,0,{max(a, 0):.2f});"
                      f"{border}white-space:pre'>{text}</span>")
     return "".join(spans)
 
@@ -115,8 +122,10 @@ def _histogram_png(values: Tensor) -> str:
 
 
 @torch.no_grad()
-def logit_effects(model, sae, latent: int, k: int = 8) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """Tokens whose logits the decoder direction raises / lowers most through the unembedding (W_dec[i] @ W_U)."""
+def logit_effects(model, sae, latent: int,
+                  k: int = 8) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Tokens whose logits the decoder direction raises / lowers most through the unembedding
+    (W_dec[i] @ W_U)."""
     effect = sae.W_dec[latent].float() @ model.W_U.float()
     top, bottom = effect.topk(k), (-effect).topk(k)
     return ([(decode_token(model, i), float(v)) for v, i in zip(top.values, top.indices)],
@@ -132,9 +141,11 @@ def nearest_latents(sae, latent: int, k: int = 5) -> list[tuple[int, float]]:
     return [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
 
 
-def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quantiles: int = 4, before: int = 10,
-                      after: int = 3, save_path: str | os.PathLike | None = None, overwrite: bool = False) -> Dashboard:
-    """Render the dashboard of ``latent``; also write it to ``save_path`` (refusing to overwrite) if given."""
+def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quantiles: int = 4,
+                      before: int = 10, after: int = 3, save_path: str | os.PathLike | None = None,
+                      overwrite: bool = False) -> Dashboard:
+    """Render the dashboard of ``latent``; also write it to ``save_path`` (refusing to overwrite)
+    if given."""
     sae = ctx.sae
     if not 0 <= latent < sae.d_sae:
         raise ValueError(f"latent must be in [0, {sae.d_sae}), got {latent}.")
@@ -143,12 +154,13 @@ def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quan
     firing = body[body > 0]
     density = firing.numel() / body.numel()
     vmax = float(acts.max())
-    parts = [f"<h3>Latent {latent}</h3><p>fires on <b>{density:.3%}</b> of {body.numel():,} tokens; "
+    parts = [f"<h3>Latent {latent}</h3><p>fires on <b>{density:.3%}</b> "
+             f"of {body.numel():,} tokens; "
              f"max activation {vmax:.3f}; hook <code>{ctx.hook_name}</code></p>"]
     if firing.numel() == 0:
         parts.append("<p><i>This latent never fires on these tokens (dead here).</i></p>")
     else:
-        flat = acts.flatten()
+        flat = acts.flatten()   # [n·context]
         order = flat.argsort(descending=True)
         rows_seen, top = set(), []
         for idx in order.tolist():
@@ -160,7 +172,8 @@ def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quan
                 top.append((r, p))
         parts.append("<h4>Top activations</h4><table>")
         parts += [f"<tr><td style='padding-right:1em'>{float(acts[r, p]):.2f}</td>"
-                  f"<td style='font-family:monospace'>{_shade(ctx, r, p, acts, vmax, before, after)}</td></tr>"
+                  "<td style='font-family:monospace'>"
+                  f"{_shade(ctx, r, p, acts, vmax, before, after)}</td></tr>"
                   for r, p in top]
         parts.append("</table><h4>Quantile samples</h4><table>")
         qs = torch.quantile(firing, torch.linspace(0, 1, n_quantiles + 1))
@@ -170,11 +183,14 @@ def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quan
             if len(cand):
                 r, p = cand[torch.randint(len(cand), (1,), generator=gen)].squeeze(0).tolist()
                 parts.append(f"<tr><td style='padding-right:1em'>{lo:.2f}-{hi:.2f}</td>"
-                             f"<td style='font-family:monospace'>{_shade(ctx, r, p, acts, vmax, before, after)}</td></tr>")
-        parts.append(f"</table><h4>Activation histogram</h4><img src='data:image/png;base64,{_histogram_png(firing)}'>")
+                             "<td style='font-family:monospace'>"
+                             f"{_shade(ctx, r, p, acts, vmax, before, after)}</td></tr>")
+        parts.append("</table><h4>Activation histogram</h4>"
+                     f"<img src='data:image/png;base64,{_histogram_png(firing)}'>")
     promoted, suppressed = logit_effects(ctx.model, sae, latent)
     fmt = lambda pairs: ", ".join(f"<code>{html.escape(t)}</code> ({v:+.2f})" for t, v in pairs)
-    parts.append(f"<h4>Logit effects (W_dec @ W_U)</h4><p>promotes: {fmt(promoted)}</p><p>suppresses: {fmt(suppressed)}</p>")
+    parts.append(f"<h4>Logit effects (W_dec @ W_U)</h4><p>promotes: {fmt(promoted)}</p>"
+                 f"<p>suppresses: {fmt(suppressed)}</p>")
     parts.append("<h4>Nearest latents (decoder cosine)</h4><p>" +
                  ", ".join(f"{i} ({c:.2f})" for i, c in nearest_latents(sae, latent)) + "</p>")
     board = Dashboard("\n".join(parts), latent)

@@ -1,16 +1,18 @@
 """Evaluate an SAE with the model in the loop (the chapter's "downstream loss preservation").
 
-Splice the SAE's reconstruction into the forward pass at its hook and compare next-token cross-entropy:
+Splice the SAE's reconstruction into the forward pass at its hook and compare next-token
+cross-entropy:
 
     CE_clean    the unmodified model
     CE_spliced  activation x replaced by the SAE's x̂ (all positions but BOS)
     CE_zero     x replaced by 0            (zero-ablation: the layer's information removed)
     CE_mean     x replaced by its mean     (mean-ablation: a gentler baseline)
 
-    CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)       1 = perfect, 0 = as bad as zeroing
+    CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)
+                                                        1 = perfect, 0 = as bad as zeroing
 
-plus KL(clean || spliced) of the next-token distributions, and FVU / L0 on the same tokens. BOS positions are
-left untouched: SAEs are trained without them (see ``sae_minimal.lm.activations``).
+plus KL(clean || spliced) of the next-token distributions, and FVU / L0 on the same tokens. BOS
+positions are left untouched: SAEs are trained without them (see ``sae_minimal.lm.activations``).
 """
 
 from __future__ import annotations
@@ -32,15 +34,18 @@ def _replace(act: Tensor, hook, new: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int = 16, mean_act: Tensor | None = None,
-                progress: bool = True) -> dict[str, float]:
-    """CE loss clean / spliced / zero-ablated / mean-ablated, CE loss recovered, KL, FVU and L0 on ``tokens``.
+def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int = 16,
+                mean_act: Tensor | None = None, progress: bool = True) -> dict[str, float]:
+    """CE loss clean / spliced / zero-ablated / mean-ablated, CE loss recovered, KL, FVU and L0 on
+    ``tokens``.
 
-    tokens: [n, context] with BOS at position 0. mean_act: [d] for mean-ablation (default: the mean over
-    these tokens' non-BOS positions).
+    tokens: [n, context] with BOS at position 0. mean_act: [d] for mean-ablation (default: the mean
+    over these tokens' non-BOS positions).
     """
     if mean_act is None:
-        mean_act = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)[:, 1:].reshape(-1, sae.d_in)
+        # [n·(context-1), d_in] non-BOS activations, then their mean [d_in]
+        mean_act = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)[:, 1:]
+                              .reshape(-1, sae.d_in)
                               for i in range(0, len(tokens), batch_size)]).mean(0)
     sums = dict.fromkeys(("clean", "spliced", "zero", "mean", "kl"), 0.0)
     n_tok, acts_all, recon_all, latents_all = 0, [], [], []
@@ -48,28 +53,34 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         batch = tokens[i:i + batch_size]
         logits_clean, cache = model.run_with_cache(batch, names_filter=hook_name)
         x = cache[hook_name]
-        out = sae(x.reshape(-1, sae.d_in))
-        x_hat = out.x_hat.reshape(x.shape)
-        logits_spliced = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
-        logits_zero = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=torch.zeros_like(x)))])
-        logits_mean = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.expand_as(x)))])
-        for key, logits in (("clean", logits_clean), ("spliced", logits_spliced), ("zero", logits_zero),
-                            ("mean", logits_mean)):
+        out = sae(x.reshape(-1, sae.d_in))      # x: [b, pos, d_in]; the SAE sees [b·pos, d_in]
+        x_hat = out.x_hat.reshape(x.shape)      # [b, pos, d_in]
+        logits_spliced = model.run_with_hooks(
+            batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
+        logits_zero = model.run_with_hooks(
+            batch, fwd_hooks=[(hook_name, partial(_replace, new=torch.zeros_like(x)))])
+        logits_mean = model.run_with_hooks(
+            batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.expand_as(x)))])
+        for key, logits in (("clean", logits_clean), ("spliced", logits_spliced),
+                            ("zero", logits_zero), ("mean", logits_mean)):
             # skip the prediction made *at* BOS (position 0), whose input is not spliced
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         logp_clean = logits_clean[:, 1:-1].log_softmax(-1)
         logp_spliced = logits_spliced[:, 1:-1].log_softmax(-1)
         sums["kl"] += float((logp_clean.exp() * (logp_clean - logp_spliced)).sum())
         n_tok += batch.shape[0] * (batch.shape[1] - 2)
+        # non-BOS rows only: [b·(pos-1), d_in] and [b·(pos-1), d_sae]
         acts_all.append(x[:, 1:].reshape(-1, sae.d_in))
         recon_all.append(x_hat[:, 1:].reshape(-1, sae.d_in))
         latents_all.append(out.latents.reshape(*x.shape[:2], -1)[:, 1:].reshape(-1, sae.d_sae))
     ce = {k: sums[k] / n_tok for k in ("clean", "spliced", "zero", "mean")}
     latents = torch.cat(latents_all)
     return {
-        "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"], "ce_mean_ablated": ce["mean"],
+        "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
+        "ce_mean_ablated": ce["mean"],
         "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / max(ce["zero"] - ce["clean"], 1e-9),
-        "ce_loss_recovered_vs_mean": (ce["mean"] - ce["spliced"]) / max(ce["mean"] - ce["clean"], 1e-9),
+        "ce_loss_recovered_vs_mean": (ce["mean"] - ce["spliced"])
+                                     / max(ce["mean"] - ce["clean"], 1e-9),
         "ce_delta": ce["spliced"] - ce["clean"], "kl_div": sums["kl"] / n_tok,
         "fvu": fvu(torch.cat(acts_all), torch.cat(recon_all)), "l0": l0(latents),
         "dead_fraction": dead_fraction(latents),
@@ -77,15 +88,16 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
 
 
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """logits [n, pos, vocab], tokens [n, pos] -> [n, pos-1]: the loss of predicting tokens[:, t+1] at t."""
+    """logits [n, pos, vocab], tokens [n, pos] -> [n, pos-1]: the loss of predicting tokens[:, t+1]
+    at t."""
     logp_NPV = logits[:, :-1].float().log_softmax(-1)
     return -logp_NPV.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
 @torch.no_grad()
 def latent_density(sae, activations, batch_size: int = 8192) -> Tensor:
-    """[d_sae] firing frequency of every latent over many activations: a tensor [N, d_in] or an iterable of
-    batches (e.g. ``store.batches()``)."""
+    """[d_sae] firing frequency of every latent over many activations: a tensor [N, d_in] or an
+    iterable of batches (e.g. ``store.batches()``)."""
     if isinstance(activations, Tensor):
         activations = activations.split(batch_size)
     counts, n = None, 0

@@ -1,18 +1,22 @@
-"""The language-model lab shared by notebooks 04-06: one model, one layer, one activation cache, SAEs trained once.
+"""The language-model lab shared by notebooks 04-06: one model, one layer, one activation cache,
+SAEs trained once.
 
-    lab = Lab()                               # loads the model (with its banner), picks the layer and the sizes
-    store = lab.activations()                 # cached on disk the first time, reused afterwards
-    sae = lab.sae("topk-k16", lambda seed: TopKSAE(lab.d_in, lab.d_sae, k=16, seed=seed))  # trained once, then loaded
-    lab.evaluate(sae)                         # CE loss recovered, FVU, L0, dead/dense latents, shrinkage γ
+    lab = Lab()                 # loads the model (with its banner), picks the layer and the sizes
+    store = lab.activations()   # cached on disk the first time, reused afterwards
+    sae = lab.sae("topk-k16", lambda seed: TopKSAE(lab.d_in, lab.d_sae, k=16, seed=seed))
+                                # trained once, then loaded
+    lab.evaluate(sae)           # CE loss recovered, FVU, L0, dead/dense latents, shrinkage γ
 
-Why a lab object: notebook 05 steers with the SAE that 04 trained and 06 reuses 04's activations, yet each
-notebook must also run on its own. ``Lab.sae`` trains what is missing and loads what an earlier notebook left in
-the cache folder (``SAE_MINIMAL_CACHE``, default ``~/.cache/sae_minimal``). The cache key holds every setting that
-changes the result (class, shape, hyper-parameters, tokens, seed, mode), so nothing is silently reused for the
-wrong thing and nothing is overwritten; deleting the folder only costs re-training.
+Why a lab object: notebook 05 steers with the SAE that 04 trained and 06 reuses 04's activations,
+yet each notebook must also run on its own. ``Lab.sae`` trains what is missing and loads what an
+earlier notebook left in the cache folder (``SAE_MINIMAL_CACHE``, default ``~/.cache/sae_minimal``).
+The cache key holds every setting that changes the result (class, shape, hyper-parameters, tokens,
+seed, mode), so nothing is silently reused for the wrong thing and nothing is overwritten; deleting
+the folder only costs re-training.
 
-Sizes come from one switch, ``SAE_MINIMAL_FAST=1`` (CI, ``course run --fast``): a small cache and short
-training so that every notebook runs in a couple of minutes. The default (full) sizes give recognisable latents.
+Sizes come from one switch, ``SAE_MINIMAL_FAST=1`` (CI, ``course run --fast``): a small cache and
+short training so that every notebook runs in a couple of minutes. The default (full) sizes give
+recognisable latents.
 """
 
 from __future__ import annotations
@@ -39,19 +43,22 @@ from .models import lm_name, load_lm
 from .text import load_tokens
 from ..train import History, default_lr, train_sae
 
-# The residual stream in the middle of each model: block 2 of the stand-in's 4, block 6 of GPT-2 small's 12.
+# The residual stream in the middle of each model: block 2 of the stand-in's 4, block 6 of GPT-2
+# small's 12.
 HOOKS = {"standin": "blocks.2.hook_resid_post", "gpt2": "blocks.6.hook_resid_post"}
 
 # (full, fast) sizes. Context 128 with BOS dropped: 127 activations per window.
 SIZES = {
     "train_windows": (4000, 800),       # activation cache: 508k / 102k tokens
     "train_tokens": (600_000, 100_000),  # tokens each SAE trains on (the cache is cycled over)
-    "eval_windows": (64, 16),           # held-out windows for the model-in-the-loop metrics (8k / 2k tokens)
+    "eval_windows": (64, 16),           # held-out windows for the model-in-the-loop metrics
+                                        # (8k / 2k tokens)
 }
 DENSE = 0.1  # a latent firing on more than 10% of tokens counts as dense
-# Gao et al.'s learning-rate rule (train.default_lr) is tuned for runs of billions of tokens. The lab's runs are under a
-# million, and 4x that rate gets much further in them: TopK k=16, 2048 latents, 600k stand-in tokens, held-out FVU
-# 0.166 at the default rate vs 0.123 at 4x, for a few per cent more dead latents (measured while writing notebook 04).
+# Gao et al.'s learning-rate rule (train.default_lr) is tuned for runs of billions of tokens. The
+# lab's runs are under a million, and 4x that rate gets much further in them: TopK k=16, 2048
+# latents, 600k stand-in tokens, held-out FVU 0.166 at the default rate vs 0.123 at 4x, for a few
+# per cent more dead latents (measured while writing notebook 04).
 LR_MULTIPLIER = 4.0
 
 
@@ -70,7 +77,8 @@ def is_fast() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where the lab keeps activations and trained SAEs: ``$SAE_MINIMAL_CACHE`` or ``~/.cache/sae_minimal``."""
+    """Where the lab keeps activations and trained SAEs: ``$SAE_MINIMAL_CACHE`` or
+    ``~/.cache/sae_minimal``."""
     return Path(os.environ.get("SAE_MINIMAL_CACHE") or Path.home() / ".cache" / "sae_minimal")
 
 
@@ -78,13 +86,14 @@ class Lab:
     """One model and layer with its activation cache, held-out tokens and cached SAEs.
 
     Args:
-        model_name: "gpt2", "standin" or None (GPT-2 when online, the bundled stand-in otherwise; see ``load_lm``).
+        model_name: "gpt2", "standin" or None (GPT-2 when online, the bundled stand-in otherwise;
+                    see ``load_lm``).
         fast:       short sizes (default: ``SAE_MINIMAL_FAST``).
         expansion:  d_sae = expansion · d_in for ``lab.d_sae``.
     """
 
-    def __init__(self, model_name: str | None = None, *, fast: bool | None = None, expansion: int = 8,
-                 device: str | torch.device = "cpu", verbose: bool = True):
+    def __init__(self, model_name: str | None = None, *, fast: bool | None = None,
+                 expansion: int = 8, device: str | torch.device = "cpu", verbose: bool = True):
         self.fast = is_fast() if fast is None else fast
         self.device = torch.device(device)
         self.model = load_lm(model_name, device=device, verbose=verbose)
@@ -93,8 +102,9 @@ class Lab:
         self.d_in = self.model.cfg.d_model
         self.d_sae = expansion * self.d_in
         self.size = {key: value[1 if self.fast else 0] for key, value in SIZES.items()}
-        self.tokens = load_tokens(self.model, self.size["train_windows"], split="train")          # [n, 128]
-        self.held_out = load_tokens(self.model, self.size["eval_windows"], split="held_out")      # [m, 128]
+        self.tokens = load_tokens(self.model, self.size["train_windows"], split="train")  # [n, 128]
+        self.held_out = load_tokens(self.model, self.size["eval_windows"],
+                                    split="held_out")  # [m, 128]
         self.root = cache_dir() / f"{self.model_name}-{self.hook}-{'fast' if self.fast else 'full'}"
         self._eval_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
@@ -103,36 +113,43 @@ class Lab:
         if verbose:
             print(f"Lab: {self.model_name} at {self.hook} (d_in {self.d_in}, d_sae {self.d_sae}); "
                   f"{'FAST' if self.fast else 'full'} mode: {self.tokens.numel():,} cached tokens, "
-                  f"{self.size['train_tokens']:,} training tokens per SAE; cache folder {self.root}")
+                  f"{self.size['train_tokens']:,} training tokens per SAE; "
+                  f"cache folder {self.root}")
 
-    # --- data ---------------------------------------------------------------------------------------
+    # --- data -------------------------------------------------------------------------------------
     def activations(self) -> ActivationStore:
-        """The training activations [rows, d_in] at ``self.hook``, cached once (resumes if interrupted)."""
+        """The training activations [rows, d_in] at ``self.hook``, cached once (resumes if
+        interrupted)."""
         return cache_activations(self.model, self.hook, self.tokens, self.root / "activations")
 
     def eval_activations(self) -> Tensor:
         """[m·127, d_in] held-out activations (BOS dropped), kept in memory."""
         if self._eval_acts is None:
             with torch.no_grad():
-                acts = [run_to_hook(self.model, self.held_out[i:i + 16], self.hook)[:, 1:].reshape(-1, self.d_in)
+                acts = [run_to_hook(self.model, self.held_out[i:i + 16], self.hook)[:, 1:]
+                        .reshape(-1, self.d_in)
                         for i in range(0, len(self.held_out), 16)]
             self._eval_acts = torch.cat(acts).float()
             self._mean_act = self._eval_acts.mean(0)
         return self._eval_acts
 
-    # --- SAEs ---------------------------------------------------------------------------------------
+    # --- SAEs -------------------------------------------------------------------------------------
     def _key(self, name: str, sae: BaseSAE, settings: dict) -> str:
-        spec = {"class": type(sae).__name__, "d_in": sae.d_in, "d_sae": sae.d_sae, "config": sae.config(),
-                "settings": settings, "version": __version__, "tokens": self.activations().meta["tokens_sha1"]}
-        digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        spec = {"class": type(sae).__name__, "d_in": sae.d_in, "d_sae": sae.d_sae,
+                "config": sae.config(), "settings": settings, "version": __version__,
+                "tokens": self.activations().meta["tokens_sha1"]}
+        digest = hashlib.sha1(
+            json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{name}-{digest}"
 
-    def sae(self, name: str, make: Callable[[int], BaseSAE], *, n_tokens: int | None = None, seed: int = 0,
-            batch_size: int = 1024, lr: float | None = None, progress: bool = True, **train_kw) -> BaseSAE:
-        """The SAE built by ``make(seed)`` and trained on this lab's activations: loaded from the cache folder when an
-        identical run finished before, trained (and saved) otherwise. ``seed`` sets both the initialisation (pass it
-        on to the SAE's constructor) and the order of the training data. ``lr`` defaults to ``LR_MULTIPLIER`` times
-        ``train.default_lr(d_sae)``; other keyword arguments go to ``train_sae``.
+    def sae(self, name: str, make: Callable[[int], BaseSAE], *, n_tokens: int | None = None,
+            seed: int = 0, batch_size: int = 1024, lr: float | None = None, progress: bool = True,
+            **train_kw) -> BaseSAE:
+        """The SAE built by ``make(seed)`` and trained on this lab's activations: loaded from the
+        cache folder when an identical run finished before, trained (and saved) otherwise. ``seed``
+        sets both the initialisation (pass it on to the SAE's constructor) and the order of the
+        training data. ``lr`` defaults to ``LR_MULTIPLIER`` times ``train.default_lr(d_sae)``; other
+        keyword arguments go to ``train_sae``.
 
         ``lab.run(sae)`` says where it came from: its cache folder and, if trained now, its History.
         """
@@ -140,7 +157,8 @@ class Lab:
         torch.manual_seed(seed)
         sae = make(seed).to(self.device)
         lr = lr if lr is not None else LR_MULTIPLIER * default_lr(sae.d_sae)
-        settings = {"n_tokens": n_tokens, "seed": seed, "batch_size": batch_size, "lr": lr, **train_kw}
+        settings = {"n_tokens": n_tokens, "seed": seed, "batch_size": batch_size, "lr": lr,
+                    **train_kw}
         path = self.root / "saes" / self._key(name, sae, settings)
         if path.is_dir():
             try:
@@ -149,11 +167,13 @@ class Lab:
                 return loaded
             except (CheckpointError, FileNotFoundError) as e:
                 aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-                print(f"The cached SAE at {path} could not be loaded ({e}); moved it to {aside} and training again.")
+                print(f"The cached SAE at {path} could not be loaded ({e}); "
+                      f"moved it to {aside} and training again.")
                 shutil.move(str(path), str(aside))
         store = self.activations()
-        history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed), n_tokens=n_tokens,
-                            batch_size=batch_size, lr=lr, seed=seed, progress=progress, device=self.device, **train_kw)
+        history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed),
+                            n_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
+                            progress=progress, device=self.device, **train_kw)
         save_sae(sae, path)
         self._runs[sae] = LabRun(path, history)
         return sae
@@ -161,15 +181,17 @@ class Lab:
     def run(self, sae: BaseSAE) -> LabRun:
         """(cache folder, History or None) of an SAE that ``lab.sae`` returned."""
         if sae not in self._runs:
-            raise KeyError("This SAE did not come from this lab's .sae(...): it has no cache entry here.")
+            raise KeyError("This SAE did not come from this lab's .sae(...): "
+                           "it has no cache entry here.")
         return self._runs[sae]
 
-    # --- evaluation ---------------------------------------------------------------------------------
+    # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, sae: BaseSAE, *, splice: bool = True) -> dict[str, float]:
-        """Metrics on held-out text: FVU, L0, shrinkage γ around the mean (``metrics.relative_reconstruction_bias``),
-        dead and dense fractions (firing on no / more than 10% of 100k cached tokens),
-        and with ``splice`` the model-in-the-loop CE loss recovered and KL (``evaluation.splice_eval``)."""
+        """Metrics on held-out text: FVU, L0, shrinkage γ around the mean
+        (``metrics.relative_reconstruction_bias``), dead and dense fractions (firing on no / more
+        than 10% of 100k cached tokens), and with ``splice`` the model-in-the-loop CE loss
+        recovered and KL (``evaluation.splice_eval``)."""
         x = self.eval_activations()
         out = [sae(chunk) for chunk in x.split(8192)]
         x_hat = torch.cat([o.x_hat for o in out])
@@ -179,12 +201,15 @@ class Lab:
                   "dense": float((density > DENSE).float().mean()),
                   "gamma": relative_reconstruction_bias(x, x_hat, center=self._mean_act)}
         if splice:
-            s = splice_eval(self.model, sae, self.hook, self.held_out, mean_act=self._mean_act, progress=False)
-            result.update(ce_recovered=s["ce_loss_recovered"], ce_delta=s["ce_delta"], kl=s["kl_div"])
+            s = splice_eval(self.model, sae, self.hook, self.held_out, mean_act=self._mean_act,
+                            progress=False)
+            result.update(ce_recovered=s["ce_loss_recovered"], ce_delta=s["ce_delta"],
+                          kl=s["kl_div"])
         return result
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
-        """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read from disk once)."""
+        """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read
+        from disk once)."""
         if self._density_rows is None or len(self._density_rows) < max_rows:
             self._density_rows = self.activations().load_all(max_rows).to(self.device)
         return latent_density(sae, self._density_rows[:max_rows]).cpu()

@@ -1,14 +1,16 @@
-"""Feature splitting across SAE widths (Bricken et al. 2023, "Towards Monosemanticity", sec. Feature Splitting)
-and how much of it Matryoshka SAEs undo (Bussmann et al. 2025).
+"""Feature splitting across SAE widths (Bricken et al. 2023, "Towards Monosemanticity", sec. Feature
+Splitting) and how much of it Matryoshka SAEs undo (Bussmann et al. 2025).
 
-Latents of a narrow SAE ("parents") and a wide one are matched by decoder cosine. A parent *splits* when several wide
-latents have it as their nearest narrow latent with a high cosine: each child covers part of the parent's contexts.
-Whether the wide SAE still has a latent that fires wherever the parent fired is measured by the **firing recall**
+Latents of a narrow SAE ("parents") and a wide one are matched by decoder cosine. A parent *splits*
+when several wide latents have it as their nearest narrow latent with a high cosine: each child
+covers part of the parent's contexts. Whether the wide SAE still has a latent that fires wherever
+the parent fired is measured by the **firing recall**
 
     recall(p -> q) = #(tokens where p fires and q fires) / #(tokens where p fires)
 
-A wide latent q that points like p but fires on only some of p's tokens has had the rest of p absorbed or split off
-into other latents (Chanin et al. 2024, "A is for Absorption", use a probe-based version of this idea).
+A wide latent q that points like p but fires on only some of p's tokens has had the rest of p
+absorbed or split off into other latents (Chanin et al. 2024, "A is for Absorption", use a
+probe-based version of this idea).
 
 Shapes: decoder matrices [n_latents, d_in]; activations x [N, d_in].
 """
@@ -21,9 +23,11 @@ from torch import Tensor
 from ..metrics import nearest
 
 
-def children(W_parent: Tensor, W_child: Tensor, min_cos: float = 0.5) -> dict[int, list[tuple[int, float]]]:
-    """{parent: [(child, cosine), ...]}: the wide latents whose nearest narrow latent is ``parent`` with a cosine of
-    at least ``min_cos``, most similar first. Parents with no such child are left out."""
+def children(W_parent: Tensor, W_child: Tensor,
+             min_cos: float = 0.5) -> dict[int, list[tuple[int, float]]]:
+    """{parent: [(child, cosine), ...]}: the wide latents whose nearest narrow latent is ``parent``
+    with a cosine of at least ``min_cos``, most similar first. Parents with no such child are left
+    out."""
     cos, idx = nearest(W_child, W_parent)
     family: dict[int, list[tuple[int, float]]] = {}
     for child in (cos >= min_cos).nonzero().squeeze(1).tolist():
@@ -32,9 +36,11 @@ def children(W_parent: Tensor, W_child: Tensor, min_cos: float = 0.5) -> dict[in
 
 
 @torch.no_grad()
-def firing_recall(sae_a, latents_a: Tensor, sae_b, latents_b: Tensor, x: Tensor, chunk: int = 8192) -> Tensor:
-    """[n] for each pair (latents_a[j] of sae_a, latents_b[j] of sae_b): the fraction of the tokens in x [N, d_in]
-    where a's latent fires on which b's latent fires too (NaN where a's latent never fires)."""
+def firing_recall(sae_a, latents_a: Tensor, sae_b, latents_b: Tensor, x: Tensor,
+                  chunk: int = 8192) -> Tensor:
+    """[n] for each pair (latents_a[j] of sae_a, latents_b[j] of sae_b): the fraction of the tokens
+    in x [N, d_in] where a's latent fires on which b's latent fires too (NaN where a's latent never
+    fires)."""
     both = torch.zeros(len(latents_a))
     fired = torch.zeros(len(latents_a))
     for batch in x.split(chunk):

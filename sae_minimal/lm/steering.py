@@ -1,17 +1,19 @@
 """Steering and ablation with SAE latents, each measured against a control.
 
-Steering (Templeton et al. 2024, "Scaling Monosemanticity"; Turner et al. 2023, activation addition): add α·d_i, a
-latent's decoder direction, to the residual stream at one layer on every position while the model runs:
+Steering (Templeton et al. 2024, "Scaling Monosemanticity"; Turner et al. 2023, activation
+addition): add α·d_i, a latent's decoder direction, to the residual stream at one layer on every
+position while the model runs:
 
     x_t  <-  x_t + α d_i                                                  (``add_direction``)
 
-Ablation through the SAE, keeping its error term: with x = x̂(f) + ε and x̂(f) = Σ_j f_j d_j + b_dec, zeroing latent
-i changes x by exactly -f_i(x)·d_i, so
+Ablation through the SAE, keeping its error term: with x = x̂(f) + ε and
+x̂(f) = Σ_j f_j d_j + b_dec, zeroing latent i changes x by exactly -f_i(x)·d_i, so
 
     x  <-  x - f_i(x) d_i                                                  (``ablate_latent``)
 
-removes what latent i contributes and nothing else; the SAE's reconstruction error stays in. The control moves x
-by the same amount in a random direction: x - f_i(x)·||d_i||·r with r a random unit vector (``ablation_effect``).
+removes what latent i contributes and nothing else; the SAE's reconstruction error stays in. The
+control moves x by the same amount in a random direction: x - f_i(x)·||d_i||·r with r a random unit
+vector (``ablation_effect``).
 
 Shapes: tokens [n, pos] with BOS first; activations [n, pos, d_in]; directions [d_in].
 """
@@ -35,7 +37,8 @@ def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
 
 
 def add_direction(act: Tensor, hook=None, *, direction: Tensor, alpha: float) -> Tensor:
-    """Hook: act [n, pos, d] + α·direction on every position except BOS (position 0), which SAEs never see."""
+    """Hook: act [n, pos, d] + α·direction on every position except BOS (position 0), which SAEs
+    never see."""
     act = act.clone()
     act[:, 1:] += alpha * direction.to(device=act.device, dtype=act.dtype)
     return act
@@ -48,23 +51,29 @@ def _hooks(hook_name: str | None, direction: Tensor | None, alpha: float) -> lis
 
 
 @torch.no_grad()
-def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None, direction: Tensor | None = None,
-             alpha: float = 0.0, temperature: float = 1.0, seed: int = 0) -> Tensor:
-    """[n, p + n_new] sampled continuations of ``prompts`` [n, p] while adding α·direction at ``hook_name``.
+def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None,
+             direction: Tensor | None = None, alpha: float = 0.0, temperature: float = 1.0,
+             seed: int = 0) -> Tensor:
+    """[n, p + n_new] sampled continuations of ``prompts`` [n, p] while adding α·direction at
+    ``hook_name``.
 
-    The sampling noise comes from ``seed`` alone, so runs that differ only in α or direction draw the same random
-    numbers (common random numbers: differences between them are the steering's, not the sampler's). No KV cache:
-    re-running the short context each step is simple and, at these lengths, cheap.
+    The sampling noise comes from ``seed`` alone, so runs that differ only in α or direction draw
+    the same random numbers (common random numbers: differences between them are the steering's,
+    not the sampler's). No KV cache: re-running the short context each step is simple and, at these
+    lengths, cheap.
     """
     if prompts.ndim != 2:
-        raise ValueError(f"prompts must be token ids [n, p], got shape {tuple(prompts.shape)}.")
+        raise ValueError(f"prompts must be token ids [n, p], "
+                         f"got shape {tuple(prompts.shape)}.")
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature} (use a small value for near-greedy).")
+        raise ValueError(f"temperature must be > 0, got {temperature} "
+                         "(use a small value for near-greedy).")
     gen = torch.Generator().manual_seed(seed)
     tokens, hooks = prompts, _hooks(hook_name, direction, alpha)
     for _ in range(n_new):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float()
-        probs = (logits / temperature).softmax(-1).cpu()    # sample on the CPU: one generator on every device
+        # sample on the CPU: one generator on every device
+        probs = (logits / temperature).softmax(-1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen)
         tokens = torch.cat([tokens, nxt.to(device=tokens.device, dtype=tokens.dtype)], dim=1)
     return tokens
@@ -73,8 +82,10 @@ def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None
 @torch.no_grad()
 def concept_logprob(model, tokens: Tensor, concept_ids: Tensor, *, hook_name: str | None = None,
                     direction: Tensor | None = None, alpha: float = 0.0) -> Tensor:
-    """[n] per sequence, the mean over positions of log P(next token ∈ concept_ids) while steering."""
-    logp = model.run_with_hooks(tokens, fwd_hooks=_hooks(hook_name, direction, alpha))[:, 1:].float().log_softmax(-1)
+    """[n] per sequence, the mean over positions of log P(next token ∈ concept_ids) while
+    steering."""
+    logp = (model.run_with_hooks(tokens, fwd_hooks=_hooks(hook_name, direction, alpha))[:, 1:]
+            .float().log_softmax(-1))
     return logp[..., concept_ids].logsumexp(-1).mean(-1)
 
 
@@ -85,13 +96,15 @@ def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
 
 @torch.no_grad()
 def continuation_loss(model, tokens: Tensor, start: int) -> Tensor:
-    """[n] mean cross-entropy (nats/token) the *unsteered* model assigns to tokens[:, start:]: a fluency score."""
+    """[n] mean cross-entropy (nats/token) the *unsteered* model assigns to tokens[:, start:]: a
+    fluency score."""
     return per_token_ce(model(tokens), tokens)[:, start - 1:].mean(-1)
 
 
 def word_tokens(tokenizer, vocab_size: int, min_letters: int = 3) -> Tensor:
-    """[vocab] bool: tokens that decode to a space and a word of at least ``min_letters`` letters (" crown", not the
-    suffix "ment"): the tokens a reader can recognise as a concept in generated text."""
+    """[vocab] bool: tokens that decode to a space and a word of at least ``min_letters`` letters
+    (" crown", not the suffix "ment"): the tokens a reader can recognise as a concept in generated
+    text."""
     def is_word(text: str) -> bool:
         return text.startswith(" ") and text[1:].isalpha() and len(text) > min_letters
     return torch.tensor([is_word(tokenizer.decode([i])) for i in range(vocab_size)])
@@ -99,8 +112,9 @@ def word_tokens(tokenizer, vocab_size: int, min_letters: int = 3) -> Tensor:
 
 @torch.no_grad()
 def logit_effect_z(model, sae, latents: Tensor | list[int]) -> Tensor:
-    """[n, vocab] each latent's direct effect on the logits, d_i W_U, standardised per latent (z-scores over the
-    vocabulary). The direct path skips the layers after the hook, so it is a guide for choosing, not a measurement."""
+    """[n, vocab] each latent's direct effect on the logits, d_i W_U, standardised per latent
+    (z-scores over the vocabulary). The direct path skips the layers after the hook, so it is a
+    guide for choosing, not a measurement."""
     effects = sae.W_dec[torch.as_tensor(latents)] @ model.W_U
     return (effects - effects.mean(-1, keepdim=True)) / effects.std(-1, keepdim=True)
 
@@ -115,14 +129,17 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 @torch.no_grad()
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32) -> dict[str, Tensor]:
-    """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the tokens where it fires.
+    """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
+    tokens where it fires.
 
-    At every position t where f_i > 0 the residual at ``hook_name`` is moved by -f_i·d_i (ablation) or by
-    -f_i·||d_i||·r (control; one random unit r per latent, from ``seed``); nothing else changes. Returns per firing
-    position: "ablation" and "control" [m] = CE(predicting token t+1) - clean CE, and "activation" [m] = f_i.
-    ``clean_ce`` [n, pos-1] can be passed in to reuse the clean pass across latents.
+    At every position t where f_i > 0 the residual at ``hook_name`` is moved by -f_i·d_i (ablation)
+    or by -f_i·||d_i||·r (control; one random unit r per latent, from ``seed``); nothing else
+    changes. Returns per firing position: "ablation" and "control" [m] =
+    CE(predicting token t+1) - clean CE, and "activation" [m] = f_i. ``clean_ce`` [n, pos-1] can be
+    passed in to reuse the clean pass across latents.
     """
-    r = random_direction(sae.d_in, seed=seed + latent, norm=float(sae.W_dec[latent].norm())).to(sae.W_dec.device)
+    r = random_direction(sae.d_in, seed=seed + latent,
+                         norm=float(sae.W_dec[latent].norm())).to(sae.W_dec.device)
     out = {"ablation": [], "control": [], "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
@@ -133,7 +150,8 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         if not rows.any():
             continue
         batch, f = batch[rows], f[rows]
-        clean = clean_ce[i:i + batch_size][rows] if clean_ce is not None else per_token_ce(model(batch), batch)
+        clean = (clean_ce[i:i + batch_size][rows] if clean_ce is not None
+                 else per_token_ce(model(batch), batch))
         fires = f[:, :-1] > 0
         for key, vec in (("ablation", sae.W_dec[latent]), ("control", r)):
             hook = partial(_shift, delta=-f[..., None] * vec.to(f.dtype))
@@ -151,8 +169,10 @@ def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
 def clean_token_ce(model, tokens: Tensor, batch_size: int = 32, progress: bool = False) -> Tensor:
     """[n, pos-1] per-token clean cross-entropy, for reuse across ``ablation_effect`` calls."""
     return torch.cat([per_token_ce(model(tokens[i:i + batch_size]), tokens[i:i + batch_size])
-                      for i in tqdm(range(0, len(tokens), batch_size), disable=not progress, desc="clean pass")])
+                      for i in tqdm(range(0, len(tokens), batch_size), disable=not progress,
+                                    desc="clean pass")])
 
 
-__all__ = ["word_tokens", "logit_effect_z", "random_direction", "add_direction", "generate", "concept_logprob", "contains_any", "continuation_loss",
+__all__ = ["word_tokens", "logit_effect_z", "random_direction", "add_direction", "generate",
+           "concept_logprob", "contains_any", "continuation_loss",
            "ablate_latent", "ablation_effect", "clean_token_ce"]

@@ -5,18 +5,23 @@ geometric object superposition needs: N features, d neurons, interference at mos
 
 Upper bounds (no packing can beat them):
   * first Welch bound (Welch 1974, k = 1):  N <= d(1 - ε²) / (1 - dε²),   only when dε² < 1;
-  * k-th Welch bound:  max|<u_i,u_j>|^{2k} >= (N / C(d+k-1, k) - 1) / (N - 1), which for a target ε gives
+  * k-th Welch bound:  max|<u_i,u_j>|^{2k} >= (N / C(d+k-1, k) - 1) / (N - 1), which for a
+    target ε gives
         N <= C·(1 - ε^{2k}) / (1 - C·ε^{2k}),  C = C(d+k-1, k),   only when C·ε^{2k} < 1;
-  * Kabatyanskii-Levenshtein (1978): log2 N <= d · [ (1+s)/(2s) log2((1+s)/(2s)) - (1-s)/(2s) log2((1-s)/(2s)) ]
-        with s = sin θ, cos θ = ε -- the leading term of an asymptotic bound (o(d) terms dropped), so read it
-        as a growth *rate*. At small ε the rate -> 0 and the leading term alone drops below d (which N
-        always reaches with orthogonal vectors): there the Welch bounds are the ones to use.
+  * Kabatyanskii-Levenshtein (1978):
+        log2 N <= d · [ (1+s)/(2s) log2((1+s)/(2s)) - (1-s)/(2s) log2((1-s)/(2s)) ]
+        with s = sin θ, cos θ = ε -- the leading term of an asymptotic bound (o(d) terms dropped),
+        so read it as a growth *rate*. At small ε the rate -> 0 and the leading term alone drops
+        below d (which N always reaches with orthogonal vectors): there the Welch bounds are the
+        ones to use.
 
 Lower estimate (a packing that exists):
   * random unit vectors: P(|<u,v>| > ε) <= 2·exp(-dε²/2), so a union bound over N²/2 pairs shows
-    N = exp(dε²/4) random vectors are ε-orthogonal with positive probability (Johnson-Lindenstrauss style).
+    N = exp(dε²/4) random vectors are ε-orthogonal with positive probability
+    (Johnson-Lindenstrauss style).
 
-All bounds are returned as floats (math.inf where a bound says nothing); log versions avoid overflow.
+All bounds are returned as floats (math.inf where a bound says nothing); log versions avoid
+overflow.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from torch import Tensor
 
 
 def welch_bound(d: int, eps: float) -> float:
-    """Largest N allowed by the first Welch bound, floor(d(1-ε²)/(1-dε²)); math.inf when dε² >= 1."""
+    """Largest N allowed by the first Welch bound, floor(d(1-ε²)/(1-dε²)); math.inf when
+    dε² >= 1."""
     if d < 1 or not 0 <= eps < 1:
         raise ValueError(f"need d >= 1 and 0 <= eps < 1, got d={d}, eps={eps}.")
     if d * eps**2 >= 1:
@@ -51,8 +57,8 @@ def best_log_welch_bound(d: int, eps: float, k_max: int = 2000) -> tuple[float, 
 
 
 def log2_kabatyanskii_levenshtein(d: int, eps: float) -> float:
-    """d · rate(ε): the leading term of log2 of the Kabatyanskii-Levenshtein bound on N for |cos| <= ε.
-    Meaningful where it is much larger than log2(d); see the module docstring."""
+    """d · rate(ε): the leading term of log2 of the Kabatyanskii-Levenshtein bound on N for
+    |cos| <= ε. Meaningful where it is much larger than log2(d); see the module docstring."""
     if not 0 < eps < 1:
         raise ValueError(f"eps must be in (0, 1), got {eps}.")
     s = math.sqrt(1 - eps**2)  # sin θ with cos θ = ε
@@ -84,8 +90,8 @@ def pack_directions(n: int, d: int, steps: int = 500, lr: float = 0.01, temperat
                     seed: int = 0) -> Tensor:
     """[n, d] unit vectors with small max coherence, by gradient descent on a soft maximum of |cos|.
 
-    Minimises (1/T)·logsumexp(T·|<u_i,u_j>|) over pairs, renormalising after each Adam step; starts from
-    random vectors, so the gain over ``random_unit_vectors`` is what optimisation buys.
+    Minimises (1/T)·logsumexp(T·|<u_i,u_j>|) over pairs, renormalising after each Adam step;
+    starts from random vectors, so the gain over ``random_unit_vectors`` is what optimisation buys.
     """
     U = random_unit_vectors(n, d, seed).requires_grad_()
     opt = torch.optim.Adam([U], lr=lr)

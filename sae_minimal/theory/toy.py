@@ -42,7 +42,8 @@ def toy_loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor) -> Tensor:
     return err.sum(-1).mean(-1)
 
 
-def sample_features(feature_probability: Tensor, batch: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_features(feature_probability: Tensor, batch: int,
+                    generator: torch.Generator | None = None) -> Tensor:
     """[I, batch, n]: each feature U[0,1] with probability p, else 0."""
     I, n = feature_probability.shape
     u = torch.rand(I, batch, n, generator=generator)
@@ -51,17 +52,19 @@ def sample_features(feature_probability: Tensor, batch: int, generator: torch.Ge
     return torch.where(u < p, u / p, 0.0)
 
 
-def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor, importance: Tensor | None = None,
-              *, steps: int = 5000, batch: int = 1024, lr: float = 1e-3, seed: int = 0,
-              restarts: int = 1, progress: bool = True) -> ToyModel:
+def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor,
+              importance: Tensor | None = None, *, steps: int = 5000, batch: int = 1024,
+              lr: float = 1e-3, seed: int = 0, restarts: int = 1,
+              progress: bool = True) -> ToyModel:
     """Train I toy models at once (I = feature_probability.shape[0]).
 
     Args:
         feature_probability: [I] or [I, n], 1 - S per instance (and per feature).
         importance:          [n] or [I, n]; default all ones.
-        restarts:            train this many differently-seeded copies of every instance and keep, per
-                             instance, the one with the lowest expected loss: the small models have
-                             local minima (e.g. two features sharing a direction with the *same* sign).
+        restarts:            train this many differently-seeded copies of every instance and
+                             keep, per instance, the one with the lowest expected loss: the small
+                             models have local minima (e.g. two features sharing a direction with
+                             the *same* sign).
     Adam with a cosine-decayed learning rate, as in the original colab; Xavier-normal init.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -71,20 +74,22 @@ def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor, impor
     imp = torch.ones(n_features) if importance is None else importance.float()
     imp = imp.expand(I, n_features).clone() if imp.ndim == 1 else imp.clone()
     if restarts > 1:
-        runs = [train_toy(n_features, n_hidden, p, imp, steps=steps, batch=batch, lr=lr, seed=seed + 1000 * r,
-                          progress=progress) for r in range(restarts)]
+        runs = [train_toy(n_features, n_hidden, p, imp, steps=steps, batch=batch, lr=lr,
+                          seed=seed + 1000 * r, progress=progress) for r in range(restarts)]
         best = torch.stack([expected_loss(run, 40_000) for run in runs]).argmin(0)   # [I]
         pick = torch.arange(I)
         return ToyModel(torch.stack([run.W for run in runs])[best, pick],
                         torch.stack([run.b for run in runs])[best, pick], p, imp)
-    W = (torch.randn(I, n_hidden, n_features, generator=gen) * (2.0 / (n_hidden + n_features)) ** 0.5
-         ).requires_grad_()
+    W = (torch.randn(I, n_hidden, n_features, generator=gen)
+         * (2.0 / (n_hidden + n_features)) ** 0.5).requires_grad_()
     b = torch.zeros(I, n_features, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    for _ in tqdm(range(steps), disable=not progress, desc=f"training {I} toy models", mininterval=1.0):
+    for _ in tqdm(range(steps), disable=not progress, desc=f"training {I} toy models",
+                  mininterval=1.0):
         x = sample_features(p, batch, gen)
-        loss = toy_loss(W, b, x, imp).sum()  # instances are independent: summing trains each on its own
+        # instances are independent: summing trains each on its own
+        loss = toy_loss(W, b, x, imp).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,7 +99,8 @@ def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor, impor
 
 @torch.no_grad()
 def expected_loss(model: ToyModel, n_samples: int = 200_000, seed: int = 1) -> Tensor:
-    """[I] Monte-Carlo estimate of each instance's expected loss (common random numbers across calls)."""
+    """[I] Monte-Carlo estimate of each instance's expected loss (common random numbers across
+    calls)."""
     gen = torch.Generator().manual_seed(seed)
     total = torch.zeros(model.W.shape[0])
     chunk = 20_000
@@ -110,7 +116,8 @@ def feature_norms(W: Tensor) -> Tensor:
 
 
 def superposition(W: Tensor) -> Tensor:
-    """[..., n] Σ_{j≠i} (Ŵ_i · W_j)²: how much other features interfere with feature i (Elhage et al.)."""
+    """[..., n] Σ_{j≠i} (Ŵ_i · W_j)²: how much other features interfere with feature i
+    (Elhage et al.)."""
     Wn = W / W.norm(dim=-2, keepdim=True).clamp_min(1e-6)
     G = torch.einsum("...mi,...mj->...ij", Wn, W).pow(2)
     return G.sum(-1) - torch.diagonal(G, dim1=-2, dim2=-1)
@@ -128,7 +135,8 @@ def feature_dimensionality(W: Tensor) -> Tensor:
 
 
 def dimensions_per_feature(W: Tensor) -> Tensor:
-    """[...] m / ||W||_F²: hidden dimensions used per feature (1/2 when features pair up antipodally)."""
+    """[...] m / ||W||_F²: hidden dimensions used per feature (1/2 when features pair up
+    antipodally)."""
     m = W.shape[-2]
     return m / W.pow(2).sum(dim=(-2, -1))
 
@@ -137,14 +145,16 @@ REGIMES = ("not represented", "dedicated dimension", "superposition")
 
 
 def classify_last_feature(W: Tensor, threshold: float = 0.5, interference: float = 0.1) -> Tensor:
-    """[I] regime of the last feature for W [I, m, n] (0 not represented, 1 dedicated, 2 superposition).
+    """[I] regime of the last feature for W [I, m, n] (0 not represented, 1 dedicated,
+    2 superposition).
 
     Not represented: ||W_last|| < threshold. Superposition: some other represented feature has a
     squared projection onto W_last above ``interference``. Otherwise it has a dimension to itself.
     """
     norms = feature_norms(W)
     last = W[..., -1:]
-    proj = (torch.einsum("imn,imk->in", W[..., :-1], last / last.norm(dim=-2, keepdim=True).clamp_min(1e-6))
+    proj = (torch.einsum("imn,imk->in", W[..., :-1],
+                         last / last.norm(dim=-2, keepdim=True).clamp_min(1e-6))
             .pow(2))
     shares = ((proj > interference) & (norms[:, :-1] > threshold)).any(-1)
     regime = torch.where(shares, 2, 1)
