@@ -3,7 +3,7 @@
 An SAE maps an activation x [d_in] to a sparse code f [d_sae] and back:
 
     pre  = (x - b_dec) @ W_enc + b_enc  (Bricken et al. 2023, eq. 1; Gao et al. 2024, eq. 1)
-    f    = activation(pre)              (ReLU, TopK, JumpReLU, ... : the only thing variants change)
+    f    = activation(pre)              (ReLU, TopK, JumpReLU, ...: what variants mostly change)
     x̂    = f @ W_dec + b_dec            (W_dec rows are the feature directions d_i)
 
 Subtracting ``b_dec`` before encoding ("apply_b_dec_to_input" in SAELens) centres the data on the
@@ -12,6 +12,9 @@ decoder bias, so the encoder sees the same centred input that the decoder recons
 What a variant may change is listed in one place, ``BaseSAE``'s "extension points" below; the rest
 (input checks, the forward pass, the unit-norm decoder, folding an activation scale into the
 weights, dead-latent bookkeeping, the state the trainer reads) is shared.
+
+(Longer than the package's ~250-line guide: it is one class, read top to bottom, and every
+extension point is defined here with its default, so a reader finds the whole contract in one file.)
 """
 
 from __future__ import annotations

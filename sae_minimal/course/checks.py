@@ -4,6 +4,10 @@ that says *what* is wrong and hints *why*. On success it prints one line startin
 
     from sae_minimal.course.checks import check_soft_threshold
     check_soft_threshold(my_soft_threshold)
+
+One checker per exercise, in the order of the notebooks. (Longer than the package's ~250-line
+guide on purpose: each checker is a self-contained ladder of diagnoses, and a teacher looking for
+the one an exercise calls should find them all in one file.)
 """
 
 from __future__ import annotations

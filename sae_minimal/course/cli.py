@@ -23,6 +23,9 @@ One source of truth: the solution notebooks in ``solutions/``, written with nbgr
 ``build`` writes ``exercises/`` (each solution block replaced by a stub, outputs cleared) and
 ``notebooks/`` (markers stripped, outputs kept). ``SAE_MINIMAL_FAST=1`` (``run --fast``) asks
 notebooks for shorter training.
+
+(Slightly over the package's ~250-line guide: build, run and check share the notebook plumbing,
+and a maintainer changing one needs to see the others.)
 """
 
 from __future__ import annotations
