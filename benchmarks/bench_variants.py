@@ -42,13 +42,18 @@ def main() -> None:
         "TopK": lambda: sm.TopKSAE(64, args.d_sae, k=6),
         "BatchTopK": lambda: sm.BatchTopKSAE(64, args.d_sae, k=6),
         "JumpReLU": lambda: sm.JumpReLUSAE(64, args.d_sae),
-        "Gated": lambda: sm.GatedSAE(64, args.d_sae),
+        "Gated": lambda: sm.GatedSAE(64, args.d_sae, l1_coeff=3.0),   # λ = 1 gives L0 ~27
         "Matryoshka": lambda: sm.MatryoshkaSAE(64, args.d_sae, k=6),
     }
     sm.train_sae(sm.ReLUSAE(64, args.d_sae), train, n_tokens=50_000, progress=False)  # warm-up: one-time costs
     header = f"{'variant':<12}{'tokens/s':>10}{'FVU':>8}{'L0':>7}{'dead':>7}{'recovered':>11}{'MMCS':>7}{'mag ratio':>11}"
     print(header)
     print("-" * len(header))
+    untrained = sm.TopKSAE(64, args.d_sae, k=6).eval()   # the control: what recovery is before training
+    with torch.no_grad():
+        out, rec = untrained(test), recovery(untrained, data.dictionary)
+    print(f"{'(untrained)':<12}{'':>10}{sm.metrics.fvu(test, out.x_hat):>8.3f}"
+          f"{sm.metrics.l0(out.latents):>7.2f}{'':>7}{rec['frac_recovered']:>11.1%}{rec['mmcs']:>7.3f}")
     for name, make in variants.items():
         sae = make().to(args.device)
         t0 = time.perf_counter()
