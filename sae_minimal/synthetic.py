@@ -54,10 +54,10 @@ def _magnitudes(shape: tuple[int, ...], kind: str, gen: torch.Generator) -> Tens
 def data_generator(seed: int) -> torch.Generator:
     """The synthetic data's own random stream for ``seed``.
 
-    Seeded from a hash of ("sae_minimal.synthetic", seed), not from ``seed`` itself: an SAE draws its
-    initial decoder from ``torch.Generator().manual_seed(seed)``, and were the data drawn from the
-    same stream, an *untrained* SAE with the same seed would start on the true dictionary (d_sae >=
-    n_features, equal d_in) and every recovery score would be true before training."""
+    Seeded from a hash of ("sae_minimal.synthetic", seed), not from ``seed`` itself: an SAE draws
+    its initial decoder from ``torch.Generator().manual_seed(seed)``, and were the data drawn from
+    the same stream, an *untrained* SAE with the same seed would start on the true dictionary
+    (d_sae >= n_features, equal d_in) and every recovery score would be true before training."""
     digest = hashlib.sha256(f"sae_minimal.synthetic:{seed}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
