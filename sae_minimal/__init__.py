@@ -25,12 +25,12 @@ from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaSAE, MatryoshkaTopKSAE
 from .relu import ReLUSAE
 from .topk import TopKSAE
-from .train import History, train_sae
+from .train import History, TrainingDiverged, TrainingWarning, train_sae
 
 __version__ = "0.2.0"
 
 __all__ = [
     "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
-    "GatedSAE", "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "save_sae",
-    "load_sae", "CheckpointError", "metrics",
+    "GatedSAE", "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "TrainingDiverged",
+    "TrainingWarning", "save_sae", "load_sae", "CheckpointError", "metrics",
 ]

@@ -79,8 +79,9 @@ def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
                          "there are no activations to encode.")
     if not torch.isfinite(x).all():
         n_bad = int((~torch.isfinite(x)).sum())
+        var = name if name.isidentifier() else "x"  # a name like "batch 3" is no Python variable
         raise ValueError(f"{name} contains {n_bad} NaN/inf values. Drop those rows (e.g. "
-                         f"{name}[torch.isfinite({name}).all(-1)]) "
+                         f"{var}[torch.isfinite({var}).all(-1)]) "
                          "or fix the upstream computation.")
     return x
 

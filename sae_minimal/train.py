@@ -10,10 +10,16 @@ What it does, in order (each step named where it happens below):
      and a linear warmup of the sparsity coefficient (Conerly et al. 2024);
   4. keep decoder rows unit-norm: remove the gradient's radial part, step, renormalise;
   5. log loss terms, FVU, L0 and the dead fraction to a ``History`` ready to plot.
+
+Nothing returns garbage without a word (the checks live in ``guards.py``): settings that cannot
+train are refused before anything changes, a loss that goes non-finite or explodes stops training
+with ``TrainingDiverged``, and data that runs out or comes in batches far from ``batch_size`` gives
+a ``TrainingWarning``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +29,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .base import BaseSAE, check_activations
+from .guards import (EXPLODED, TrainingDiverged, TrainingWarning, check_sae, check_settings,
+                     diverged, input_scale, rows_text, step_is_sound, training_units, warn)
 from .metrics import fvu, l0
 
 
@@ -61,30 +69,20 @@ def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
     return m
 
 
-def _batches(activations: Tensor | Iterable[Tensor], batch_size: int,
-             seed: int) -> Iterator[Tensor]:
-    """Yield [batch_size, d_in] batches: shuffled epochs over a tensor, or the iterable's own
-    batches."""
-    if isinstance(activations, Tensor):
-        gen = torch.Generator().manual_seed(seed)
-        n = activations.shape[0]
-        while True:
-            perm = torch.randperm(n, generator=gen)
-            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-                yield activations[perm[i:i + batch_size]]
-    else:
-        for batch in activations:
-            yield batch
+def _batches(x: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Shuffled epochs over x [N, d_in], forever: [batch_size, d_in] batches (batch_size <= N)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield x[perm[i:i + batch_size]]
 
 
-def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
-    yield first
-    yield from rest
-
-
-def _lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
+def _lr_factor(step: float, n_steps: int, warmup: int, decay_frac: float) -> float:
+    """LR multiplier at ``step`` (steps' worth of tokens done: tokens / rows per step)."""
     if step < warmup:
-        return (step + 1) / warmup
+        return min(1.0, (step + 1) / warmup)  # min: a fractional step may pass warmup - 1
     decay_start = int(n_steps * (1 - decay_frac))
     if decay_frac > 0 and step >= decay_start:
         return max(0.0, (n_steps - step) / max(1, n_steps - decay_start))
@@ -108,6 +106,37 @@ def make_adam(params, **kw) -> torch.optim.Adam:
         return torch.optim.Adam(params, **kw)
 
 
+def _prepare(sae: BaseSAE, activations: Tensor | Iterable[Tensor], batch_size: int,
+             seed: int) -> tuple[Iterator[Tensor], Tensor, int, int | None]:
+    """Check the data; return (batches, a sample [n, d_in] for the scale and b_dec, rows per step
+    the schedules count, default n_tokens)."""
+    if isinstance(activations, Tensor):
+        x = check_activations(activations, sae.d_in, name="activations").reshape(-1, sae.d_in)
+        rows = min(batch_size, x.shape[0])  # the batches _batches really yields
+        if rows < batch_size:
+            warn(f"batch_size={batch_size} is larger than the {rows} rows of activations: every "
+                  f"step trains on all {rows} rows (the LR schedule counts those steps). Pass "
+                  f"batch_size <= {rows}, or more activations.", 3)
+        sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:8192]]
+        return _batches(x, rows, seed), sample, rows, x.shape[0]
+    stream = iter(activations)
+    head, n = [], 0  # the first batches, until they hold enough rows for the sample
+    while n < min(batch_size, 8192) and (batch := next(stream, None)) is not None:
+        name = f"batch {len(head)}" if head else "the first batch of activations"
+        head.append(check_activations(batch, sae.d_in, name=name).reshape(-1, sae.d_in))
+        n += head[-1].shape[0]
+    if not head:
+        raise ValueError("activations is an empty iterable: there is nothing to train on.")
+    if head[0].shape[0] < batch_size // 2:
+        warn(f"The activations iterator yields batches of {rows_text(head[0].shape[0])}, but "
+              f"batch_size={batch_size}: each Adam step sees {rows_text(head[0].shape[0])}, noisier "
+              "than the learning rate assumes (the LR and sparsity schedules count tokens, so "
+              f"they still span n_tokens). Pass batch_size={head[0].shape[0]}, or yield batches "
+              "of batch_size rows (e.g. x.split(batch_size)).", 3)
+    sample = head[0] if len(head) == 1 else torch.cat([h.to(head[0].device) for h in head])
+    return itertools.chain(head, stream), sample, batch_size, None
+
+
 def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens: int | None = None,
               batch_size: int = 1024, lr: float | None = None,
               betas: tuple[float, float] = (0.9, 0.999), lr_warmup_steps: int | None = None,
@@ -122,45 +151,34 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         activations: a tensor [N, d_in] (any leading dims; shuffled each epoch) or an iterable of
                      [batch, d_in] tensors (e.g. ``sae_minimal.lm.activations``'s shuffling buffer).
         n_tokens:    training tokens; default one pass over a tensor, or the whole iterable. The LR
-                     schedule assumes n_tokens / batch_size steps, so with an iterator pass its
-                     batch size too.
+                     and sparsity schedules count tokens in steps of batch_size rows (of N rows
+                     when batch_size > N), so with an iterator pass its batch size too.
         lr:          Adam learning rate; default ``default_lr(d_sae)``.
         normalize:   train on x·s with s = √d_in / E||x||; s is folded into the SAE at the end.
         b_dec_init:  "geometric_median", "mean" or "zeros" (skipped when continuing training).
         dead_window: tokens without firing after which a latent counts as dead in the History
                      (default: the SAE's own ``dead_window``).
         seed:        seeds the shuffling, so two runs with the same seed see the same batches.
+
+    Settings that cannot train (NaN, n_tokens=0, float16 weights, ...) raise ValueError at once.
+    A loss term or gradient that goes non-finite, or a loss that explodes, stops training with
+    ``TrainingDiverged``; data that runs out before n_tokens, or batches far from batch_size, give
+    a ``TrainingWarning``.
     """
-    if b_dec_init not in ("geometric_median", "mean", "zeros"):
-        raise ValueError("b_dec_init must be 'geometric_median', 'mean' or 'zeros', "
-                         f"got {b_dec_init!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n_tokens = check_settings(
+        n_tokens=n_tokens, batch_size=batch_size, lr=lr, betas=betas,
+        lr_warmup_steps=lr_warmup_steps, lr_decay_frac=lr_decay_frac,
+        sparsity_warmup_frac=sparsity_warmup_frac, b_dec_init=b_dec_init, grad_clip=grad_clip,
+        dead_window=dead_window, log_every=log_every, seed=seed)
+    check_sae(sae)
     device = torch.device(device) if device is not None else sae.W_dec.device
     sae.to(device)
-
-    if isinstance(activations, Tensor):
-        activations = check_activations(activations, sae.d_in,
-                                        name="activations").reshape(-1, sae.d_in)
-        n_tokens = n_tokens or activations.shape[0]
-        sample = activations[torch.randperm(activations.shape[0],
-                                            generator=torch.Generator().manual_seed(seed))[:8192]]
-        stream = _batches(activations, min(batch_size, activations.shape[0]), seed)
-    else:
-        stream = iter(activations)
-        first = next(stream, None)
-        if first is None:
-            raise ValueError("activations is an empty iterable: there is nothing to train on.")
-        sample = check_activations(first, sae.d_in,
-                                   name="the first batch of activations").reshape(-1, sae.d_in)
-        stream = _chain(sample, stream)
-    if n_tokens is not None and n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}.")
-    sample = sample.to(device=device, dtype=torch.float32)
+    stream, sample, rows, n_data = _prepare(sae, activations, batch_size, seed)
+    n_tokens = n_tokens or n_data
+    sample = training_units(sample, torch.float32, device, 1.0, "the activations sample")
 
     # 1. normalisation scale s: the SAE is trained on s·x
-    scale = (math.sqrt(sae.d_in) / float(sample.norm(dim=-1).mean().clamp_min(1e-8))
-             if normalize else 1.0)
+    scale = input_scale(sample, sae.d_in) if normalize else 1.0
     continuing = sae.trained_tokens > 0
     if continuing:
         sae.fold_input_scale(1.0 / scale)  # back to normalised units
@@ -170,7 +188,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         with torch.no_grad():
             sae.b_dec.copy_(centre)
 
-    n_steps = math.ceil(n_tokens / batch_size) if n_tokens is not None else None
+    n_steps = math.ceil(n_tokens / rows) if n_tokens is not None else None
     lr = lr if lr is not None else default_lr(sae.d_sae)
     warmup = (lr_warmup_steps if lr_warmup_steps is not None
               else min(1000, max(1, (n_steps or 10_000) // 20)))
@@ -179,6 +197,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     dead_window = dead_window or sae.dead_window
     opt = make_adam(sae.parameters(), lr=lr, betas=betas)
     history = History(input_scale=scale)
+    # a loss above limit means training diverged (set after step 0; see EXPLODED)
+    limit, x_sq = math.inf, float((sample * scale).pow(2).sum(-1).mean())
     sae.train()
 
     bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}",
@@ -192,21 +212,28 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             data_seconds += time.perf_counter() - t_fetch
             if batch is None:
                 break
-            x = check_activations(batch, sae.d_in, name=f"batch {step}").reshape(-1, sae.d_in)
-            x = x.to(device=device, dtype=sae.W_dec.dtype) * scale
-            # 3. schedules
+            name = f"batch {step} (after {tokens:,} training tokens)"
+            x = check_activations(batch, sae.d_in, name=name).reshape(-1, sae.d_in)
+            x = training_units(x, sae.W_dec.dtype, device, scale, name)
+            # 3. schedules, in steps' worth of tokens: right even when batches differ in size
+            done = tokens / rows
             for group in opt.param_groups:
-                group["lr"] = lr * _lr_factor(step, n_steps or 10**12, warmup,
+                group["lr"] = lr * _lr_factor(done, n_steps or 10**12, warmup,
                                               lr_decay_frac if n_steps else 0)
-            sae.sparsity_warmup = min(1.0, (step + 1) / sparsity_warmup_steps)
+            sae.sparsity_warmup = min(1.0, (done + 1) / sparsity_warmup_steps)
 
             out = sae(x)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if sae.unit_norm_decoder:  # 4. unit-norm decoder
                 sae.remove_parallel_decoder_grad()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+                         if grad_clip else None)
+            if not step_is_sound(out.loss, grad_norm, limit):  # before the step can spoil weights
+                raise diverged(out, x, sae, step=step, tokens=tokens, scale=scale, lr=lr,
+                               default=default_lr(sae.d_sae), limit=limit, history=history)
+            if step == 0:
+                limit = EXPLODED * max(float(out.loss.detach()), x_sq)
             opt.step()
             if sae.unit_norm_decoder:
                 sae.normalize_decoder()
@@ -218,9 +245,15 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
+        if 0 < tokens < (n_tokens or 0):
+            warn(f"The activations ran out after {tokens:,} of the n_tokens={n_tokens:,} tokens "
+                  f"asked ({step} steps): the LR schedule assumed all {n_tokens:,}, so its "
+                  "decay never finished and the SAE is under-trained. Pass "
+                  f"n_tokens={tokens}, or activations that last (store.batches(batch_size, "
+                  "n_tokens=n_tokens) cycles over its store).", 2)
         if step > 0:
             # e.g. BatchTopK: θ from the final weights
-            sae.after_training(sample * scale, batch_size)
+            sae.after_training(sample * scale, rows)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         history["seconds"] = time.perf_counter() - t_start
@@ -235,11 +268,15 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
 
 
 @torch.no_grad()
-def _log(history: History, step: int, tokens: int, out, x: Tensor, sae: BaseSAE, dead_window: int,
-         lr: float) -> None:
+def _log(history: History, step: int, tokens: int, out, x: Tensor, sae: BaseSAE,
+         dead_window: int, lr: float) -> None:
     row = {"step": step, "tokens": tokens, "loss": float(out.loss), "lr": lr,
            "fvu": fvu(x, out.x_hat) if x.shape[0] > 1 else float("nan"), "l0": l0(out.latents),
            "dead_frac": float(sae.dead_mask(dead_window).float().mean())}
     row.update({name: float(value) for name, value in out.losses.items()})
     for key, value in row.items():
         history.setdefault(key, []).append(value)
+
+
+__all__ = ["train_sae", "History", "TrainingDiverged", "TrainingWarning", "default_lr",
+           "geometric_median", "make_adam"]

@@ -90,7 +90,7 @@ def test_training_is_reproducible_with_a_seed():
 def test_trains_from_an_iterator_of_batches():
     x = _data()
     sae = sm.TopKSAE(16, 32, k=4)
-    hist = sm.train_sae(sae, iter(x.split(128)), progress=False, log_every=1)
+    hist = sm.train_sae(sae, iter(x.split(128)), batch_size=128, progress=False, log_every=1)
     assert hist["tokens"][-1] == 4096
     assert 0 <= hist["data_seconds"] < hist["seconds"]
 
