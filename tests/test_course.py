@@ -7,27 +7,28 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from sae_minimal.course import cli as course
+from sae_minimal.course import build as course_build
+from sae_minimal.course import cli, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
 def test_generated_folders_are_up_to_date():
-    stale = course.build(ROOT, check_only=True)
+    stale = course_build.build(ROOT, check_only=True)
     assert not stale, f"run `python -m sae_minimal.course build`: out of date: {stale}"
 
 
 def test_exercise_source_replaces_solutions_and_keeps_hints():
     src = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: add one\n    return x + 1\n    ### END SOLUTION\n\ncheck_f(f)"
-    out = course.exercise_source(src, "code")
-    assert "return x + 1" not in out and "# HINT: add one" in out and course.STUB in out
+    out = course_build.exercise_source(src, "code")
+    assert "return x + 1" not in out and "# HINT: add one" in out and course_build.STUB in out
     assert "check_f(f)" in out
     hidden = "a = 1\n### BEGIN HIDDEN TESTS\nassert a == 1\n### END HIDDEN TESTS"
-    assert course.exercise_source(hidden, "code") == "a = 1"
-    assert "YOUR ANSWER HERE" in course.exercise_source("### BEGIN SOLUTION\nproof\n### END SOLUTION", "markdown")
+    assert course_build.exercise_source(hidden, "code") == "a = 1"
+    assert "YOUR ANSWER HERE" in course_build.exercise_source("### BEGIN SOLUTION\nproof\n### END SOLUTION", "markdown")
     with pytest.raises(ValueError, match="unclosed"):
-        course.exercise_source("### BEGIN SOLUTION\nx", "code")
+        course_build.exercise_source("### BEGIN SOLUTION\nx", "code")
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
@@ -35,10 +36,10 @@ def test_every_stub_is_followed_by_its_checker(path):
     ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
     code = [c for c in ex.cells if c.cell_type == "code"]
     assert all(not c.outputs for c in code), "exercise notebooks are shipped without outputs"
-    stubs = [i for i, c in enumerate(code) if course.STUB in c.source]
+    stubs = [i for i, c in enumerate(code) if course_build.STUB in c.source]
     assert stubs, f"{path.name} has no exercise"
     for i in stubs:
-        assert course.CHECK_CALL.search(code[i].source), f"stub in code cell {i} of {path.name} is not followed by a checker"
+        assert runner.CHECK_CALL.search(code[i].source), f"stub in code cell {i} of {path.name} is not followed by a checker"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
@@ -49,7 +50,7 @@ def test_exercise_runs_up_to_its_first_stub(path, tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
-    first = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and course.STUB in c.source)
+    first = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and course_build.STUB in c.source)
     ex.cells = ex.cells[: first + 1]
     client = NotebookClient(ex, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     with pytest.raises(CellExecutionError) as err:
@@ -60,20 +61,29 @@ def test_exercise_runs_up_to_its_first_stub(path, tmp_path):
     assert failing == [ex.cells[first]], "only the stub's checker cell may fail"
 
 
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_exercise_calls_every_checker_its_solution_calls(path):
+    """`course check` expects the solution's checker calls: one inside a solution block would be
+    stripped from the exercise, and every learner would be told it was deleted."""
+    ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
+    called = [n for c in ex.cells if c.cell_type == "code" for n in runner.checker_calls(c.source)]
+    assert runner.expected_checkers(ROOT / "exercises" / path.name) == called
+
+
 def test_reading_notebooks_keep_solutions_without_markers():
     for path in SOLUTIONS:
         rd = nbformat.read(ROOT / "notebooks" / path.name, as_version=4)
         text = "\n".join(c.source for c in rd.cells)
-        assert "### BEGIN SOLUTION" not in text and course.STUB not in text
+        assert "### BEGIN SOLUTION" not in text and course_build.STUB not in text
 
 
 def test_check_reports_each_checker(tmp_path, capsys):
     nb_path = tmp_path / "00_introduction.ipynb"
     nb_path.write_text((ROOT / "exercises" / "00_introduction.ipynb").read_text())
-    results = dict(course.check(nb_path))
+    results = dict(runner.check(nb_path))
     assert results["check_overcomplete"].startswith("not attempted")
     assert results["check_recovery_score"].startswith("not attempted")
     solved = tmp_path / "solved.ipynb"
     solved.write_text((ROOT / "solutions" / "00_introduction.ipynb").read_text())
-    assert course.main(["check", str(solved)]) == 0
+    assert cli.main(["check", str(solved)]) == 0
     assert "2/2 checks passed" in capsys.readouterr().out

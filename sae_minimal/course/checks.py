@@ -5,6 +5,10 @@ that says *what* is wrong and hints *why*. On success it prints one line startin
     from sae_minimal.course.checks import check_soft_threshold
     check_soft_threshold(my_soft_threshold)
 
+Each call of your function gets private copies of its arguments and fails if it changes them in
+place (the caller still needs them), and it fails after CALL_TIMEOUT_S seconds (an infinite loop).
+A checker proves your function right on its cases, not in general.
+
 One checker per exercise, in the order of the notebooks. (Longer than the package's ~250-line
 guide on purpose: each checker is a self-contained ladder of diagnoses, and a teacher looking for
 the one an exercise calls should find them all in one file.)
@@ -12,7 +16,11 @@ the one an exercise calls should find them all in one file.)
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+import signal
+import threading
 from collections.abc import Callable
 
 import torch
@@ -38,11 +46,117 @@ def _fail(name: str, message: str) -> None:
 
 
 def _call(name: str, fn: Callable, *args):
-    try:
-        return fn(*args)
+    """fn(*args) on private copies of the arguments, within CALL_TIMEOUT_S seconds. A function that
+    changes an argument in place fails: the checker's reference is computed from the originals, so
+    it cannot be fooled by it, and the learner's training code would be corrupted by it."""
+    copies = [arg.clone() if isinstance(arg, Tensor) else copy.deepcopy(arg) for arg in args]
+    try:   # Tensor.clone keeps the autograd link, so gradients still reach the originals
+        out = _within_time_limit(name, fn, copies)
     except NotImplementedError:
         raise CheckFailed(f"{name}: your function raised NotImplementedError -- replace the stub "
                           "`raise NotImplementedError()` with your solution.") from None
+    for position, (arg, mine) in enumerate(zip(args, copies)):
+        if not _same(arg, mine):
+            _fail(name, f"your function changed its argument {_arg_name(fn, position)} in place "
+                        f"{_IN_PLACE[Tensor if isinstance(arg, Tensor) else object]}")
+    return out
+
+
+_IN_PLACE = {   # how an argument of each kind gets changed, and what to do instead
+    Tensor: "(with `-=`, `x[...] = ...` or a method ending in `_` such as `relu_()`); the caller "
+            "still needs the original values. Compute a new tensor instead (or work on a "
+            "`.clone()`).",
+    object: "(e.g. with `.append()`, `.sort()` or by assigning to an attribute or parameter); "
+            "the caller still needs the original. Work on a copy (`list(...)`, "
+            "`copy.deepcopy(...)`) or compute without changing it.",
+}
+
+
+def _same(a, b) -> bool:
+    """Whether b still equals a (tensors exactly, NaNs included; modules by their state)."""
+    if a is b:   # deepcopy returns immutable values (numbers, strings) themselves
+        return True
+    if isinstance(a, Tensor):
+        if not (isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype):
+            return False
+        a, b = a.detach(), b.detach()
+        return torch.equal(a, b) or (a.is_floating_point()
+                                     and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    if isinstance(a, torch.nn.Module):
+        sa, sb = a.state_dict(), b.state_dict()
+        return sa.keys() == sb.keys() and all(_same(sa[k], sb[k]) for k in sa)
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 -- not comparable: nothing to verify
+        return True
+
+
+def _arg_name(fn: Callable, position: int) -> str:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if position < len(params) and params[position].kind in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return f"`{params[position].name}`"
+    return f"number {position + 1}"
+
+
+# A correct solution answers each case in well under a second; an infinite loop never does.
+CALL_TIMEOUT_S = 30.0
+
+
+class _TimedOut(BaseException):
+    """Raised into the learner's function by the alarm: a BaseException, so that an
+    ``except Exception:`` inside their loop cannot swallow it."""
+
+
+def _within_time_limit(name: str, fn: Callable, args: list):
+    """fn(*args), or a CheckFailed after CALL_TIMEOUT_S seconds. In the main thread on Unix an
+    alarm interrupts the function; elsewhere it runs in a thread that is left behind."""
+    seconds = CALL_TIMEOUT_S
+    message = (f"{name}: your function did not return within {seconds:g} s: an infinite loop? "
+               "Check that every loop ends (a while-loop whose condition never changes, a "
+               "counter that is never advanced).")
+    main = threading.current_thread() is threading.main_thread()
+    if main and hasattr(signal, "setitimer") and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+        running = [True]   # the alarm may only interrupt fn itself, not the code around it
+
+        def on_alarm(signum, frame):
+            if running[0]:
+                raise _TimedOut
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            out = fn(*args)
+            running[0] = False
+            return out
+        except _TimedOut:
+            raise CheckFailed(message) from None
+        finally:
+            running[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    box: dict = {}
+    grad_mode = torch.is_grad_enabled()   # thread-local: carry the caller's no_grad over
+
+    def target() -> None:
+        try:
+            with torch.set_grad_enabled(grad_mode):
+                box["out"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise CheckFailed(message + " (It is still running in the background: restart the "
+                                    "kernel to stop it.)")
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
 
 
 def _as_tensor(name: str, value, like: Tensor) -> Tensor:
@@ -176,13 +290,33 @@ def _topk_reference_grads(x, W_enc, b_enc, W_dec, b_dec, k):
     return dict(zip(("W_enc", "b_enc", "W_dec", "b_dec"), (p.grad for p in params)))
 
 
-def _ste_grads(x, W_enc, b_enc, W_dec, b_dec, k):
-    """The wrong answer: gradient flows to every latent as if TopK were the identity."""
+def _hand_grads(x, W_enc, b_enc, W_dec, b_dec, k, *, relu: bool, mask: str) -> dict:
+    """Wrong answers, by hand: z = TopK of pre (ReLU'd if ``relu``); gradient to pre through
+    ``mask``: "none" (straight-through, every latent) or "selected" (the k chosen latents, even
+    those whose pre-activation is negative)."""
     pre = x @ W_enc + b_enc
-    z = topk_relu(pre, k)
+    values, indices = pre.topk(k, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, indices, values.relu() if relu else values)
     g_xhat = 2 * (z @ W_dec + b_dec - x) / x.shape[0]
     g_pre = g_xhat @ W_dec.T
-    return {"W_enc": x.T @ g_pre, "b_enc": g_pre.sum(0)}
+    if mask == "selected":
+        g_pre = g_pre * torch.zeros_like(pre).scatter(-1, indices, 1.0)
+    return {"W_enc": x.T @ g_pre, "b_enc": g_pre.sum(0), "W_dec": z.T @ g_xhat,
+            "b_dec": g_xhat.sum(0)}
+
+
+_TOPK_WRONG = {   # (relu, mask) -> what the learner did
+    (True, "none"): "gradient reached latents that were not selected by TopK: that is a "
+                    "straight-through estimator, not the true gradient. Multiply by the TopK mask "
+                    "(z > 0): unselected latents are constant 0 near this input, so "
+                    "d loss / d pre = 0 there.",
+    (False, "selected"): "a selected latent with a negative pre-activation kept its negative "
+                         "value: TopK(ReLU) applies ReLU to the k selected values, so z is never "
+                         "negative (z = 0 there, and no gradient flows through it).",
+    (True, "selected"): "gradient flowed through selected latents whose pre-activation is "
+                        "negative: ReLU made them 0 with slope 0, so mask by z > 0, not by the "
+                        "TopK selection.",
+}
 
 
 def check_topk_backward(fn: Callable) -> None:
@@ -191,17 +325,22 @@ def check_topk_backward(fn: Callable) -> None:
     x_hat = TopK(ReLU)(x @ W_enc + b_enc) @ W_dec + b_dec."""
     name = "check_topk_backward"
     gen = torch.Generator().manual_seed(0)
-    for trial, (B, d, n, k) in enumerate([(6, 4, 10, 2), (32, 8, 40, 5), (1, 5, 12, 3)]):
+    # case 1 shifts b_enc down so that most rows have fewer than k positive pre-activations: TopK
+    # then selects negative ones, which the ReLU must zero (and which must get no gradient)
+    cases = [(6, 4, 10, 2, 0.0), (32, 8, 40, 5, -1.5), (1, 5, 12, 3, 0.0)]
+    for trial, (B, d, n, k, shift) in enumerate(cases):
         x = torch.randn(B, d, generator=gen)
         W_enc, W_dec = (torch.randn(d, n, generator=gen) / d**0.5,
                         torch.randn(n, d, generator=gen) / n**0.5)
         b_enc, b_dec = 0.1 * torch.randn(n, generator=gen), 0.1 * torch.randn(d, generator=gen)
+        b_enc = b_enc + shift
         grads = _call(name, fn, x, W_enc, b_enc, W_dec, b_dec, k)
         if not isinstance(grads, dict) or set(grads) != {"W_enc", "b_enc", "W_dec", "b_dec"}:
             _fail(name, f"return a dict with keys 'W_enc', 'b_enc', 'W_dec', 'b_dec'; got "
                         f"{sorted(grads) if isinstance(grads, dict) else type(grads).__name__}.")
         want = _topk_reference_grads(x, W_enc, b_enc, W_dec, b_dec, k)
-        ste = _ste_grads(x, W_enc, b_enc, W_dec, b_dec, k)
+        wrong = {hint: _hand_grads(x, W_enc, b_enc, W_dec, b_dec, k, relu=relu, mask=mask)
+                 for (relu, mask), hint in _TOPK_WRONG.items()}
         for key in ("b_dec", "W_dec", "b_enc", "W_enc"):
             g, w = grads[key], want[key]
             if not isinstance(g, Tensor) or g.shape != w.shape:
@@ -210,11 +349,9 @@ def check_topk_backward(fn: Callable) -> None:
                             f"{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}.")
             if torch.allclose(g, w, atol=1e-5, rtol=1e-4):
                 continue
-            if key in ste and torch.allclose(g, ste[key], atol=1e-5, rtol=1e-4):
-                _fail(name, f"grad[{key!r}]: gradient reached latents that were not selected by "
-                            "TopK: that is a straight-through estimator, not the true gradient. "
-                            "Multiply by the TopK mask (z > 0): unselected latents are constant 0 "
-                            "near this input, so d loss / d pre = 0 there.")
+            for hint, grads_wrong in wrong.items():
+                if torch.allclose(g, grads_wrong[key], atol=1e-5, rtol=1e-4):
+                    _fail(name, f"grad[{key!r}]: {hint}")
             for factor, hint in ((2.0, "missing the factor 2 from the derivative of the square"),
                                  (0.5, "an extra factor 2"),
                                  (1.0 / B, f"missing the 1/B={1 / B:.3g} from .mean() over "
@@ -423,12 +560,8 @@ def check_ablate_latent(fn: Callable) -> None:
     # a busy latent and a rare one
     latents = [int(f.gt(0).sum(0).argmax()), int(f.gt(0).sum(0).argmin())]
     for latent in latents:
-        x_in = x.clone()
-        with torch.no_grad():
-            out = _call(name, fn, x_in, sae, latent)
-        if not torch.equal(x_in, x):
-            _fail(name, "your function changed its input x in place: return a new tensor "
-                        "(x - ... or x.clone()), the caller still needs the clean activations.")
+        with torch.no_grad():   # _call fails a function that changes x (or the SAE) in place
+            out = _call(name, fn, x, sae, latent)
         out = _as_tensor(name, out, x).detach()
         want = x - f[:, latent, None] * sae.W_dec[latent].detach()
         if torch.allclose(out, want, atol=1e-4):

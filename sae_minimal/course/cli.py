@@ -21,196 +21,33 @@ One source of truth: the solution notebooks in ``solutions/``, written with nbgr
     ### END HIDDEN TESTS
 
 ``build`` writes ``exercises/`` (each solution block replaced by a stub, outputs cleared) and
-``notebooks/`` (markers stripped, outputs kept). ``SAE_MINIMAL_FAST=1`` (``run --fast``) asks
-notebooks for shorter training.
+``notebooks/`` (markers stripped, outputs kept). A marker may vary in case, spacing and number of
+``#`` and carry a note (``## begin solution (part a)``); any other line that mentions a marker, an
+unclosed or unmatched block, or an unreadable notebook stops the build before anything is written.
+``SAE_MINIMAL_FAST=1`` (``run --fast``) asks notebooks for shorter training.
 
-(Slightly over the package's ~250-line guide: build, run and check share the notebook plumbing,
-and a maintainer changing one needs to see the others.)
+``check`` grades against the solution notebook of the same name: every checker the solution calls
+must be called and pass, so deleting a checker's cell cannot turn into "all checks passed". Every
+cell has a time limit (``--timeout``, default 20 minutes: the full-mode notebooks' longest cell
+takes up to ~15 minutes on 2 cores). ``execute`` saves notebooks ready to read anywhere
+(``render.clean_for_commit``: no widget outputs, nbval directives in cell tags).
+
+The work is done in ``build.py`` (build) and ``runner.py`` (run, execute, check); this file is the
+command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import os
-import re
 import sys
 import time
 from pathlib import Path
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-STUB = "raise NotImplementedError()"
-CHECK_CALL = re.compile(r"\bcheck_\w+\(")
-NUMBERED = re.compile(r"^\d\d_.*\.ipynb$")
+from .build import CourseError, build, course_root
+from .render import clean_for_commit
+from .runner import CELL_TIMEOUT_S, check, execute, print_check, run
 
-
-def _root() -> Path:
-    """The repository root: the folder holding solutions/ (searched upwards from the working
-    directory)."""
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        if (folder / "solutions").is_dir():
-            return folder
-    raise FileNotFoundError("Could not find the course's solutions/ folder above the current "
-                            "directory. Run this from a checkout of the sae-minimal repository.")
-
-
-# --- build ----------------------------------------------------------------------------------------
-def _strip_block(lines: list[str], begin: str, end: str, replace) -> list[str]:
-    out, block = [], None
-    for line in lines:
-        stripped = line.strip()
-        if stripped == begin:
-            block = [line]
-        elif stripped == end and block is not None:
-            indent = block[0][: len(block[0]) - len(block[0].lstrip())]
-            out.extend(replace(indent, block[1:]))
-            block = None
-        elif block is not None:
-            block.append(line)
-        else:
-            out.append(line)
-    if block is not None:
-        raise ValueError(f"unclosed '{begin}' block")
-    return out
-
-
-def exercise_source(source: str, cell_type: str) -> str:
-    """A solution cell's source as the learner sees it."""
-    lines = _strip_block(source.split("\n"), BEGIN_HIDDEN, END_HIDDEN, lambda indent, body: [])
-
-    def stub(indent: str, body: list[str]) -> list[str]:
-        hints = [line for line in body if line.strip().startswith("# HINT:")]
-        if cell_type == "markdown":
-            return [indent + "*YOUR ANSWER HERE*"]
-        return [indent + "# YOUR CODE HERE", *hints, indent + STUB]
-    return "\n".join(_strip_block(lines, BEGIN, END, stub))
-
-
-def reading_source(source: str) -> str:
-    """A solution cell's source with the markers (and hint comments) removed, solutions kept."""
-    keep = [line for line in source.split("\n")
-            if line.strip() not in (BEGIN, END, BEGIN_HIDDEN, END_HIDDEN)
-            and not line.strip().startswith("# HINT:")]
-    return "\n".join(keep)
-
-
-def build_exercise(nb):
-    ex = copy.deepcopy(nb)
-    for cell in ex.cells:
-        cell.source = exercise_source(cell.source, cell.cell_type)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    return ex
-
-
-def build_reading(nb):
-    rd = copy.deepcopy(nb)
-    for cell in rd.cells:
-        cell.source = reading_source(cell.source)
-    return rd
-
-
-def build(root: Path | None = None, check_only: bool = False) -> list[str]:
-    """Regenerate exercises/ and notebooks/ from solutions/. With check_only, write nothing and
-    return the paths that are out of date."""
-    import nbformat
-
-    root = root or _root()
-    stale = []
-    for sol in sorted((root / "solutions").glob("*.ipynb")):
-        nb = nbformat.read(sol, as_version=4)
-        for folder, made in (("exercises", build_exercise(nb)), ("notebooks", build_reading(nb))):
-            target = root / folder / sol.name
-            text = nbformat.writes(made) + "\n"
-            if not target.exists() or target.read_text() != text:
-                stale.append(str(target.relative_to(root)))
-                if not check_only:
-                    target.parent.mkdir(exist_ok=True)
-                    target.write_text(text)
-    return stale
-
-
-# --- execution ------------------------------------------------------------------------------------
-def execute(path: Path, *, timeout: int = 1800, allow_errors: bool = False, fast: bool = False):
-    """Execute a notebook in its own folder with the current Python; returns the executed
-    notebook."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    env_before = os.environ.get("SAE_MINIMAL_FAST")
-    os.environ["SAE_MINIMAL_FAST"] = "1" if fast else env_before or "0"
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                allow_errors=allow_errors,
-                                resources={"metadata": {"path": str(path.parent.resolve())}})
-        client.execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("SAE_MINIMAL_FAST", None)
-        else:
-            os.environ["SAE_MINIMAL_FAST"] = env_before
-    return nb
-
-
-def run(folder: Path, fast: bool) -> int:
-    """Execute every numbered notebook in ``folder`` in order; print a table; return the number of
-    failures."""
-    from tqdm.auto import tqdm
-
-    paths = sorted(p for p in folder.glob("*.ipynb") if NUMBERED.match(p.name))
-    if not paths:
-        raise FileNotFoundError(f"No numbered notebooks (00_*.ipynb, ...) in {folder}.")
-    rows, failures = [], 0
-    for path in tqdm(paths, desc="notebooks", unit="nb"):
-        t0 = time.perf_counter()
-        try:
-            execute(path, fast=fast)
-            status = "ok"
-        except Exception as e:  # noqa: BLE001 -- report and go on to the next notebook
-            status = (f"FAILED: {type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[-1][:80] if str(e).strip() else ''}")
-            failures += 1
-        rows.append((path.name, status, time.perf_counter() - t0))
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'notebook':<{width}}  {'runtime':>8}  status   ({'fast' if fast else 'full'} mode)")
-    for name, status, secs in rows:
-        print(f"{name:<{width}}  {secs:>7.1f}s  {status}")
-    print(f"{'total':<{width}}  {sum(r[2] for r in rows):>7.1f}s  "
-          f"{len(rows) - failures} ok, {failures} failed")
-    return failures
-
-
-def check(path: Path, fast: bool = False) -> list[tuple[str, str]]:
-    """Execute a learner's notebook (continuing past errors) and report each checker call's
-    outcome."""
-    nb = execute(path, allow_errors=True, fast=fast)
-    results = []
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        for name in dict.fromkeys(m.group(0)[:-1] for m in CHECK_CALL.finditer(cell.source)):
-            results.append((name, _outcome(cell, name)))
-    return results
-
-
-def _outcome(cell, name: str) -> str:
-    from .checks import PASS_MARK
-
-    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-    if f"{PASS_MARK} {name}" in text:
-        return "passed"
-    for o in cell.outputs:
-        if o.output_type == "error":
-            if "NotImplementedError" in o.evalue:
-                return "not attempted (stub still raises NotImplementedError)"
-            message = o.evalue.split(f"{name}: ", 1)[-1]
-            return f"FAILED: {o.ename}: {message[:160]}"
-    if not cell.outputs and cell.get("execution_count") is None:
-        return "not run (an earlier error stopped it)"
-    return "no result (did the cell run?)"
+__all__ = ["main", "build", "check", "execute", "run", "CourseError"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("execute", help="re-execute notebooks in place, keeping their outputs")
     e.add_argument("notebooks", nargs="+")
     e.add_argument("--fast", action="store_true")
+    for parser in (r, c, e):
+        parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="SECONDS",
+                            help=f"stop a cell that runs longer (default {CELL_TIMEOUT_S})")
     sub.add_parser("demo", help="train a first SAE on synthetic data (under a minute)",
                    add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -239,36 +79,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "timeout", 1) <= 0:
+        ap.error(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    try:
+        return _command(args)
+    except CourseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
+
+def _command(args) -> int:
     if args.cmd == "build":
         stale = build(check_only=args.check)
         print("\n".join(stale) if stale else "exercises/ and notebooks/ are up to date")
         return 1 if (args.check and stale) else 0
     if args.cmd == "run":
-        folder = Path(args.dir) if args.dir else _root() / "notebooks"
-        return 1 if run(folder, args.fast) else 0
+        folder = Path(args.dir) if args.dir else course_root() / "notebooks"
+        return 1 if run(folder, args.fast, args.timeout) else 0
     if args.cmd == "check":
         path = Path(args.notebook)
         if not path.is_file():
-            print(f"error: {path} does not exist", file=sys.stderr)
-            return 2
-        results = check(path, fast=args.fast)
-        if not results:
-            print(f"{path} calls no checkers.")
-            return 1
-        width = max(len(n) for n, _ in results)
-        for name, outcome in results:
-            print(f"{name:<{width}}  {outcome}")
-        passed = sum(o == "passed" for _, o in results)
-        print(f"{passed}/{len(results)} checks passed")
-        return 0 if passed == len(results) else 1
+            raise CourseError(f"{path} does not exist.")
+        return print_check(path, args.fast, args.timeout)
     if args.cmd == "execute":
         import nbformat
         for nb_path in map(Path, args.notebooks):
             t0 = time.perf_counter()
-            nbformat.write(execute(nb_path, fast=args.fast), nb_path)
+            executed = execute(nb_path, fast=args.fast, timeout=args.timeout)
+            nbformat.write(clean_for_commit(executed), nb_path)
             print(f"{nb_path}: executed in {time.perf_counter() - t0:.1f}s")
         return 0
     return 2
-
-

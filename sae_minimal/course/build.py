@@ -1,0 +1,180 @@
+"""Read notebooks and build the course from its one source, ``solutions/``.
+
+    build()            solutions/ -> exercises/ (solution blocks replaced by stubs, outputs cleared)
+                       and notebooks/ (markers stripped, outputs kept)
+    read_notebook()    a notebook, or a one-line CourseError saying why the file is not one
+
+A marker may vary in case, spacing and number of ``#`` and carry a note (``## begin solution (part
+a)``); any other line that mentions a marker, an unclosed or unmatched block, or an unreadable
+notebook stops the build before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+STUB = "raise NotImplementedError()"
+# A marker line: '#'s, BEGIN/END, SOLUTION/HIDDEN TESTS, in any case or spacing, maybe a note after.
+MARKER = re.compile(r"^\s*#+\s*(BEGIN|END)[\s_-]*(SOLUTION|HIDDEN[\s_-]*TESTS?)\b", re.IGNORECASE)
+# Any other mention of a marker (in a string, in prose, after code) could hide a solution: refused.
+MENTION = re.compile(r"\b(BEGIN|END)[\s_-]*(SOLUTION|HIDDEN[\s_-]*TESTS?)\b")
+
+
+class CourseError(Exception):
+    """A problem the course tools report in one line (no traceback): what is wrong, what to do."""
+
+
+class MarkerError(CourseError, ValueError):
+    """A solution notebook's markers do not form closed, non-nested blocks."""
+
+
+def course_root() -> Path:
+    """The repository root: the folder holding solutions/ (searched upwards from the working
+    directory)."""
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "solutions").is_dir():
+            return folder
+    raise CourseError("Could not find the course's solutions/ folder above the current "
+                      "directory. Run this from a checkout of the sae-minimal repository.")
+
+
+def read_notebook(path: Path):
+    """The notebook at ``path`` (nbformat 4), or a CourseError saying it is not one."""
+    import nbformat
+
+    try:
+        with warnings.catch_warnings():   # e.g. missing cell ids: nbformat adds them itself
+            warnings.simplefilter("ignore")
+            nb = nbformat.read(path, as_version=4)
+            nbformat.validate(nb)
+    except OSError as e:
+        raise CourseError(f"cannot read {path}: {e.strerror or e}.") from None
+    except Exception as e:  # noqa: BLE001 -- nbformat raises many kinds for a broken file
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CourseError(f"{path} is not a valid notebook ({reason}). Restore it from git or "
+                          "re-download it; if you edited it by hand, open it in Jupyter to find "
+                          "the broken part.") from None
+    return nb
+
+
+def cell_label(index: int, cell) -> str:
+    """'cell 3 (`def f(x):`)': the index in the notebook (from 0) and the cell's first line."""
+    first = next((line.strip() for line in cell.source.split("\n") if line.strip()), "")
+    return f"cell {index} (`{first[:40]}{'…' if len(first) > 40 else ''}`)"
+
+
+# --- build ----------------------------------------------------------------------------------------
+def _marker(line: str) -> tuple[str, str] | None:
+    """('begin' or 'end', 'solution' or 'hidden') for a marker line, None for any other line; a
+    MarkerError for a line that mentions a marker without being one (it could leak a solution)."""
+    m = MARKER.match(line)
+    if m:
+        kind = "solution" if m.group(2).upper().startswith("S") else "hidden"
+        return m.group(1).lower(), kind
+    if MENTION.search(line):
+        raise MarkerError(f"the line {line.strip()!r} mentions a marker but is not a marker line: "
+                          f"put the marker on a line of its own ('{BEGIN}'), or reword the line.")
+    return None
+
+
+def _replace_blocks(source: str, replace: Callable[[str, str, list[str]], list[str]]) -> str:
+    """``source`` with each marked block (markers included) replaced by
+    ``replace(kind, indent of the BEGIN line, lines inside)``."""
+    out: list[str] = []
+    block = None   # (kind, indent, body, line number of BEGIN), while inside a block
+    for number, line in enumerate(source.split("\n"), 1):
+        marker = _marker(line)
+        if marker is None:
+            (block[2] if block else out).append(line)
+        elif marker[0] == "begin":
+            if block:
+                raise MarkerError(f"line {number}: {line.strip()!r} inside the block opened on "
+                                  f"line {block[3]}: close that block first (blocks do not nest).")
+            block = (marker[1], line[: len(line) - len(line.lstrip())], [], number)
+        elif block is None or block[0] != marker[1]:
+            raise MarkerError(f"line {number}: {line.strip()!r} closes no open "
+                              f"{marker[1]} block: add its BEGIN line above, or delete it.")
+        else:
+            out.extend(replace(*block[:3]))
+            block = None
+    if block:
+        end = END if block[0] == "solution" else END_HIDDEN
+        raise MarkerError(f"unclosed {block[0]} block opened on line {block[3]}: add '{end}' "
+                          "where the block ends.")
+    return "\n".join(out)
+
+
+def exercise_source(source: str, cell_type: str) -> str:
+    """A solution cell's source as the learner sees it."""
+    def stub(kind: str, indent: str, body: list[str]) -> list[str]:
+        if kind == "hidden":
+            return []
+        if cell_type == "markdown":
+            return [indent + "*YOUR ANSWER HERE*"]
+        hints = [line for line in body if line.strip().startswith("# HINT:")]
+        return [indent + "# YOUR CODE HERE", *hints, indent + STUB]
+    return _replace_blocks(source, stub)
+
+
+def reading_source(source: str) -> str:
+    """A solution cell's source with the markers (and hint comments) removed, solutions kept."""
+    kept = _replace_blocks(source, lambda kind, indent, body: body)
+    return "\n".join(line for line in kept.split("\n") if not line.strip().startswith("# HINT:"))
+
+
+def _rebuild(nb, make_source: Callable[[object], str], clear_outputs: bool):
+    """A copy of ``nb`` with each cell's source from make_source(cell); a MarkerError names the
+    cell."""
+    out = copy.deepcopy(nb)
+    for index, cell in enumerate(out.cells):
+        try:
+            cell.source = make_source(cell)
+        except MarkerError as e:
+            raise MarkerError(f"{cell_label(index, cell)}: {e}") from None
+        if clear_outputs and cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return out
+
+
+def build_exercise(nb):
+    return _rebuild(nb, lambda cell: exercise_source(cell.source, cell.cell_type), True)
+
+
+def build_reading(nb):
+    return _rebuild(nb, lambda cell: reading_source(cell.source), False)
+
+
+def build(root: Path | None = None, check_only: bool = False) -> list[str]:
+    """Regenerate exercises/ and notebooks/ from solutions/. With check_only, write nothing and
+    return the paths that are out of date. Every notebook is built in memory first: one bad
+    notebook stops the build before any file is written."""
+    import nbformat
+
+    root = root or course_root()
+    made, problems = {}, []
+    for sol in sorted((root / "solutions").glob("*.ipynb")):
+        try:
+            nb = read_notebook(sol)
+            for folder, builder in (("exercises", build_exercise), ("notebooks", build_reading)):
+                made[root / folder / sol.name] = nbformat.writes(builder(nb)) + "\n"
+        except CourseError as e:
+            problems.append(f"{sol.relative_to(root)}: {e}" if isinstance(e, MarkerError)
+                            else str(e))
+    if problems:
+        raise CourseError("build stopped, nothing was written: " + "; ".join(problems))
+    stale = [target for target, text in made.items()
+             if not target.exists() or target.read_text() != text]
+    if not check_only:
+        for target in stale:   # write a new file, then swap: an interrupted build leaves no half
+            target.parent.mkdir(exist_ok=True)
+            partial = target.with_name(target.name + ".partial")
+            partial.write_text(made[target])
+            os.replace(partial, target)
+    return [str(target.relative_to(root)) for target in stale]
