@@ -17,6 +17,8 @@ inference-time computation.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor
 
@@ -42,7 +44,11 @@ class BatchTopKSAE(TopKSAE):
 
     def __init__(self, d_in: int, d_sae: int, *, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, **kw)
-        self.threshold_momentum = float(threshold_momentum)
+        m = threshold_momentum
+        if isinstance(m, bool) or not isinstance(m, Real) or not 0 <= m < 1:
+            raise ValueError(f"threshold_momentum must be in [0, 1), got {m!r}; "
+                             "0.99 averages θ over about the last 100 batches.")
+        self.threshold_momentum = float(m)
         # θ < 0 means "not estimated yet"; stored per latent to match the JumpReLU format.
         self.register_buffer("threshold", torch.full((d_sae,), -1.0, dtype=self.W_enc.dtype,
                                                       device=self.W_enc.device))
@@ -78,6 +84,10 @@ class BatchTopKSAE(TopKSAE):
 
     def sae_lens_cfg(self) -> dict:
         return {}   # saved as a JumpReLU: no k
+
+    @classmethod
+    def kwargs_from_sae_lens_cfg(cls, cfg: dict) -> dict:
+        return {}   # a JumpReLU checkpoint: θ is in the weights, k in our metadata
 
     @torch.no_grad()
     def calibrate_threshold(self, x: Tensor, batch_size: int) -> None:

@@ -19,11 +19,12 @@ The kernel that computes both outputs with these gradients is ``kernels.jumprelu
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
-from .base import BaseSAE, Encoding, mse
+from .base import BaseSAE, Encoding, check_coeff, mse
 from .kernels import jumprelu_l0
 
 
@@ -31,6 +32,14 @@ def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     """z [..., d_sae] -> JumpReLU_θ(z) = z · H(z - θ), with the STE gradient for θ [d_sae] above.
     (The SAE computes it together with its L0 count, in one pass: ``kernels.jumprelu_l0``.)"""
     return jumprelu_l0(z, threshold, bandwidth).latents
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite number > 0; otherwise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, Real) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"JumpReLUSAE needs {name} > 0 and finite, got {value!r}.")
+    return float(value)
 
 
 class JumpReLUSAE(BaseSAE, sae_lens_default=True):
@@ -53,11 +62,9 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
     def __init__(self, d_in: int, d_sae: int, *, l0_coeff: float = 1.0, bandwidth: float = 2.0,
                  init_threshold: float = 1.0, **kw):
         super().__init__(d_in, d_sae, **kw)
-        if bandwidth <= 0 or init_threshold <= 0 or l0_coeff < 0:
-            raise ValueError("JumpReLUSAE needs bandwidth > 0, init_threshold > 0 and "
-                             f"l0_coeff >= 0; got bandwidth={bandwidth}, "
-                             f"init_threshold={init_threshold}, l0_coeff={l0_coeff}.")
-        self.l0_coeff, self.bandwidth = float(l0_coeff), float(bandwidth)
+        self.l0_coeff = check_coeff("l0_coeff", l0_coeff)
+        self.bandwidth = check_positive("bandwidth", bandwidth)
+        init_threshold = check_positive("init_threshold", init_threshold)
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(init_threshold),
                                                      dtype=self.W_enc.dtype,
                                                      device=self.W_enc.device))

@@ -19,6 +19,9 @@ SAE is one small matmul per prefix, not one full decode per prefix.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from numbers import Integral
+
 from torch import Tensor
 
 from .base import Encoding, mse
@@ -59,12 +62,17 @@ class _Matryoshka:
 
 def check_prefix_sizes(prefix_sizes: list[int] | None, d_sae: int) -> list[int]:
     """Sorted, unique prefix sizes ending in d_sae; ValueError saying what to pass otherwise."""
+    example = f"e.g. [{max(1, d_sae // 16)}, {max(1, d_sae // 4)}]"
     if prefix_sizes is None:
         prefix_sizes = [max(1, d_sae // 16), max(1, d_sae // 4)]
-    if not all(isinstance(m, int) and not isinstance(m, bool) for m in prefix_sizes):
+    if isinstance(prefix_sizes, (str, bytes)) or not isinstance(prefix_sizes, Iterable):
+        raise ValueError(f"prefix_sizes must be a list of integers, got {prefix_sizes!r}; "
+                         f"{example}.")
+    prefix_sizes = list(prefix_sizes)
+    if not all(isinstance(m, Integral) and not isinstance(m, bool) for m in prefix_sizes):
         raise ValueError("prefix_sizes must be integers (numbers of latents), got "
-                         f"{prefix_sizes!r}; e.g. [{max(1, d_sae // 16)}, {max(1, d_sae // 4)}].")
-    sizes = sorted(set(prefix_sizes))
+                         f"{prefix_sizes!r}; {example}.")
+    sizes = sorted({int(m) for m in prefix_sizes})
     if not sizes or sizes[0] < 1 or sizes[-1] > d_sae:
         raise ValueError(f"prefix_sizes must be non-empty and lie in [1, d_sae={d_sae}], "
                          f"got {prefix_sizes}.")

@@ -15,10 +15,12 @@ reconstruct e, without b_dec: ê = TopK_kaux(pre[dead]) @ W_dec[dead]. α = 1/32
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor
 
-from .base import BaseSAE, Encoding, mse
+from .base import BaseSAE, Encoding, check_coeff, mse
 from .kernels import SPARSE_DECODE_MAX_FRACTION, sparse_decode, topk_encode
 
 
@@ -45,6 +47,15 @@ def check_k(k: int, d_sae: int, name: str = "k") -> int:
                          f"latents than it has. Use {name} <= d_sae (typically {name} << d_sae, "
                          "e.g. 32 of 16384).")
     return k
+
+
+def check_count(name: str, value: float) -> int:
+    """``value`` as an int if it is a whole number >= 1 (e.g. 100_000 or 1e5); otherwise a
+    ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, Real) \
+            or not float(value).is_integer() or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+    return int(value)
 
 
 def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
@@ -88,8 +99,8 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
         self.k = check_k(k, d_sae)
         self.k_aux = check_k(k_aux if k_aux is not None else min(d_sae, max(1, d_in // 2)),
                              d_sae, "k_aux")
-        self.aux_coeff = float(aux_coeff)
-        self.dead_window = int(dead_window)
+        self.aux_coeff = check_coeff("aux_coeff", aux_coeff)
+        self.dead_window = check_count("dead_window", dead_window)
 
     def activation(self, pre: Tensor) -> Tensor:
         return topk_relu(pre, self.k)
@@ -131,4 +142,8 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
 
     @classmethod
     def kwargs_from_sae_lens_cfg(cls, cfg: dict) -> dict:
-        return {"k": int(cfg["k"])} if "k" in cfg else {}
+        # io.load_sae has already moved an older layout's activation_fn_kwargs.k to "k".
+        if "k" not in cfg:
+            raise ValueError("'k' is missing: a 'topk' checkpoint needs the number of latents it "
+                             "keeps, as 'k' or in 'activation_fn_kwargs'.")
+        return {"k": cfg["k"]}  # check_k (in __init__) refuses what is not a k

@@ -71,3 +71,35 @@ def test_bad_decode_shape(sae):
 def test_float64_input_is_accepted(sae):
     out = sae(torch.randn(4, 16, dtype=torch.float64))
     assert out.x_hat.dtype == torch.float32
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_HYPERPARAMETERS = [  # (class, argument, value): each must be refused naming the argument
+    (sm.ReLUSAE, "l1_coeff", NAN), (sm.GatedSAE, "l1_coeff", INF), (sm.GatedSAE, "l1_coeff", -1),
+    (sm.JumpReLUSAE, "l0_coeff", NAN), (sm.JumpReLUSAE, "bandwidth", NAN),
+    (sm.JumpReLUSAE, "bandwidth", INF), (sm.JumpReLUSAE, "bandwidth", "2"),
+    (sm.JumpReLUSAE, "init_threshold", NAN), (sm.JumpReLUSAE, "init_threshold", 0.0),
+    (sm.TopKSAE, "aux_coeff", NAN), (sm.TopKSAE, "aux_coeff", -0.5), (sm.TopKSAE, "k", NAN),
+    (sm.TopKSAE, "k_aux", 0), (sm.TopKSAE, "k_aux", 2.5), (sm.TopKSAE, "dead_window", NAN),
+    (sm.TopKSAE, "dead_window", 0), (sm.TopKSAE, "dead_window", 2.5),
+    (sm.TopKSAE, "dead_window", "100"), (sm.BatchTopKSAE, "threshold_momentum", NAN),
+    (sm.BatchTopKSAE, "threshold_momentum", 1.0), (sm.BatchTopKSAE, "threshold_momentum", -0.1),
+    (sm.BatchTopKSAE, "threshold_momentum", "0.9"), (sm.MatryoshkaSAE, "prefix_sizes", 8),
+    (sm.MatryoshkaSAE, "prefix_sizes", "8"), (sm.MatryoshkaSAE, "prefix_sizes", [NAN, 8]),
+    (sm.MatryoshkaSAE, "prefix_sizes", [0, 8]), (sm.MatryoshkaTopKSAE, "prefix_sizes", [True]),
+]
+
+
+@pytest.mark.parametrize("cls,name,value", BAD_HYPERPARAMETERS,
+                         ids=[f"{c.__name__}-{n}={v!r}" for c, n, v in BAD_HYPERPARAMETERS])
+def test_nan_inf_and_out_of_range_hyperparameters_are_refused_by_name(cls, name, value):
+    kw = {"k": 4} if issubclass(cls, sm.TopKSAE) else {}
+    with pytest.raises(ValueError, match=name):
+        cls(16, 32, **{**kw, name: value})
+
+
+def test_valid_hyperparameters_in_other_number_types_are_accepted():
+    import numpy as np
+    assert sm.TopKSAE(16, 32, k=4, dead_window=1e5).dead_window == 100_000
+    assert sm.BatchTopKSAE(16, 32, k=4, threshold_momentum=0).threshold_momentum == 0.0
+    assert sm.MatryoshkaSAE(16, 32, k=4, prefix_sizes=np.array([4, 8])).prefix_sizes == [4, 8, 32]
