@@ -240,3 +240,22 @@ def test_a_sane_run_is_not_flagged_as_diverged():
                                              sparsity_warmup_frac=0.5, log_every=1,
                                              progress=False))
     assert max(hist["loss"]) > 2 * hist["loss"][0]
+
+
+def test_keyboard_interrupt_hands_back_an_sae_in_raw_units():
+    """Ctrl-C mid-training: the SAE comes back folded to raw units, counting the tokens it saw."""
+    x = _data() * 50.0                          # raw units far from the normalised ones
+
+    def batches():
+        for i, b in enumerate(x.split(128)):
+            if i == 10:
+                raise KeyboardInterrupt
+            yield b
+
+    sae = sm.TopKSAE(16, 64, k=4)
+    with pytest.raises(KeyboardInterrupt):
+        sm.train_sae(sae, batches(), n_tokens=4096, batch_size=128, progress=False)
+    assert sae.trained_tokens == 10 * 128 and not sae.training
+    with torch.no_grad():
+        fvu = sm.metrics.fvu(x[:512], sae(x[:512]).x_hat)
+    assert fvu < 1.0, "reconstructions must be in raw units (a normalised-units SAE gives FVU >> 1)"
