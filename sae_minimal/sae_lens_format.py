@@ -1,11 +1,15 @@
 """SAELens's checkpoint layouts, old and new: what ``io.load_sae`` honours, translates and refuses.
 
-    current_layout(cfg)      any SAELens version's cfg.json -> the current layout (or CheckpointError)
+    current_layout(cfg)      any SAELens version's cfg.json -> the current layout
+                             (or a CheckpointError naming the field)
     fold_decoder_norms(w)    rescale_acts_by_decoder_norm=True, folded into the weights exactly
 
 Each rule sits next to the one field it reads, so a reader checks a field in one place. Nothing is
 dropped in silence: an unknown tensor, a NaN, a cfg value of the wrong type or a setting sae_minimal
 cannot reproduce is a ``CheckpointError`` that names it.
+
+(Over the package's ~250-line guide: SAELens has written many layouts, and each rule stays next
+to the field it reads.)
 """
 
 from __future__ import annotations

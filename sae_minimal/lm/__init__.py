@@ -8,6 +8,7 @@
     steering     steering by adding a latent's direction, ablation against matched-norm controls
     splitting    feature splitting across widths: children, firing recall
     lab          Lab: one model, one layer, one activation cache, SAEs trained once and cached
+    validate     input checks (hook names, token ids, latents, finite values) and device helpers
 
 Imports point down only: lm uses the core (base, variants, train, metrics, io), never course/.
 """

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .activations import run_to_hook
+from .validate import check_hook, check_latent, check_tokens, check_width, module_device
 
 
 class LatentContext:
@@ -32,16 +33,22 @@ class LatentContext:
     to 0)."""
 
     def __init__(self, model, sae, hook_name: str, tokens: Tensor, batch_size: int = 32):
+        check_hook(model, hook_name)
+        check_tokens(model, tokens)
         self.model, self.sae, self.hook_name, self.tokens = model, sae, hook_name, tokens
         self.acts = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)
                                for i in range(0, len(tokens), batch_size)])  # [n, context, d_in]
+        check_width(self.acts.shape[-1], sae.d_in, hook_name)
 
     @torch.no_grad()
     def latent_acts(self, latent: int, chunk: int = 8192) -> Tensor:
+        latent = check_latent(latent, self.sae.d_sae)
         flat = self.acts.reshape(-1, self.acts.shape[-1])   # [n·context, d_in]
+        flat = flat.to(module_device(self.sae, flat.device))
         col = torch.cat([self.sae.encode(flat[i:i + chunk])[:, latent]
                          for i in range(0, len(flat), chunk)])
-        col = col.reshape(self.acts.shape[:2]).clone()       # [n, context]
+        # [n, context], on the CPU with the tokens: the dashboards index one with the other
+        col = col.reshape(self.acts.shape[:2]).cpu().clone()
         col[:, 0] = 0.0   # BOS is outside the SAE's training distribution
         return col
 
@@ -50,6 +57,7 @@ class LatentContext:
 
     def with_sae(self, sae) -> "LatentContext":
         """The same tokens and activations read through another SAE (no new forward pass)."""
+        check_width(self.acts.shape[-1], sae.d_in, self.hook_name)
         other = copy.copy(self)
         other.sae = sae
         return other
@@ -58,7 +66,7 @@ class LatentContext:
 def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -> list[str]:
     """Plain-text top activations of ``latent``, one per window: "activation  ...context[token]"
     (newlines as ⏎)."""
-    acts = ctx.latent_acts(latent)
+    acts = ctx.latent_acts(latent)      # [n, context], latent checked there
     best = acts.max(dim=1)
     lines = []
     for row in best.values.argsort(descending=True)[:n].tolist():
@@ -126,7 +134,8 @@ def logit_effects(model, sae, latent: int,
                   k: int = 8) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """Tokens whose logits the decoder direction raises / lowers most through the unembedding
     (W_dec[i] @ W_U)."""
-    effect = sae.W_dec[latent].float() @ model.W_U.float()
+    latent = check_latent(latent, sae.d_sae)
+    effect = sae.W_dec[latent].float() @ model.W_U.float().to(sae.W_dec.device)
     top, bottom = effect.topk(k), (-effect).topk(k)
     return ([(decode_token(model, i), float(v)) for v, i in zip(top.values, top.indices)],
             [(decode_token(model, i), -float(v)) for v, i in zip(bottom.values, bottom.indices)])
@@ -134,10 +143,11 @@ def logit_effects(model, sae, latent: int,
 
 @torch.no_grad()
 def nearest_latents(sae, latent: int, k: int = 5) -> list[tuple[int, float]]:
+    latent = check_latent(latent, sae.d_sae)
     W = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)
     cos = W @ W[latent]
     cos[latent] = -2
-    top = cos.topk(k)
+    top = cos.topk(min(k, len(cos) - 1))
     return [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
 
 
@@ -147,8 +157,7 @@ def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quan
     """Render the dashboard of ``latent``; also write it to ``save_path`` (refusing to overwrite)
     if given."""
     sae = ctx.sae
-    if not 0 <= latent < sae.d_sae:
-        raise ValueError(f"latent must be in [0, {sae.d_sae}), got {latent}.")
+    latent = check_latent(latent, sae.d_sae)   # also a 0-d tensor such as density.argmax()
     acts = ctx.latent_acts(latent)
     body = acts[:, 1:]
     firing = body[body > 0]

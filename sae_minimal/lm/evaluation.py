@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 
 from .activations import run_to_hook
 from ..metrics import dead_fraction, fvu, l0
+from .validate import (check_hook, check_token_ids, check_tokens, check_width, module_device,
+                       to_model_device)
 
 
 def _replace(act: Tensor, hook, new: Tensor) -> Tensor:
@@ -42,25 +44,34 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
     tokens: [n, context] with BOS at position 0. mean_act: [d] for mean-ablation (default: the mean
     over these tokens' non-BOS positions).
     """
+    check_hook(model, hook_name)
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    # the hook's width, checked before anything is computed: reshaping [b, pos, d] to
+    # [-1, sae.d_in] would otherwise succeed whenever d_in divides b·pos·d, with garbage rows
+    check_width(run_to_hook(model, tokens[:1], hook_name).shape[-1], sae.d_in, hook_name)
     if mean_act is None:
         # [n·(context-1), d_in] non-BOS activations, then their mean [d_in]
         mean_act = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)[:, 1:]
                               .reshape(-1, sae.d_in)
                               for i in range(0, len(tokens), batch_size)]).mean(0)
+    mean_act = _check_mean_act(mean_act, sae.d_in, hook_name)
+    sae_device = module_device(sae, tokens.device)
     sums = dict.fromkeys(("clean", "spliced", "zero", "mean", "kl"), 0.0)
     n_tok, acts_all, recon_all, latents_all = 0, [], [], []
     for i in tqdm(range(0, len(tokens), batch_size), desc="splice eval", disable=not progress):
         batch = tokens[i:i + batch_size]
         logits_clean, cache = model.run_with_cache(batch, names_filter=hook_name)
         x = cache[hook_name]
-        out = sae(x.reshape(-1, sae.d_in))      # x: [b, pos, d_in]; the SAE sees [b·pos, d_in]
-        x_hat = out.x_hat.reshape(x.shape)      # [b, pos, d_in]
+        # x: [b, pos, d_in]; the SAE sees [b·pos, d_in] on its own device
+        out = sae(x.reshape(-1, sae.d_in).to(sae_device))
+        x_hat = out.x_hat.reshape(x.shape).to(x.device)      # [b, pos, d_in]
         logits_spliced = model.run_with_hooks(
             batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
         logits_zero = model.run_with_hooks(
             batch, fwd_hooks=[(hook_name, partial(_replace, new=torch.zeros_like(x)))])
         logits_mean = model.run_with_hooks(
-            batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.expand_as(x)))])
+            batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.to(x.device)
+                                                  .expand_as(x)))])
         for key, logits in (("clean", logits_clean), ("spliced", logits_spliced),
                             ("zero", logits_zero), ("mean", logits_mean)):
             # skip the prediction made *at* BOS (position 0), whose input is not spliced
@@ -72,7 +83,8 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         # non-BOS rows only: [b·(pos-1), d_in] and [b·(pos-1), d_sae]
         acts_all.append(x[:, 1:].reshape(-1, sae.d_in))
         recon_all.append(x_hat[:, 1:].reshape(-1, sae.d_in))
-        latents_all.append(out.latents.reshape(*x.shape[:2], -1)[:, 1:].reshape(-1, sae.d_sae))
+        latents_all.append(out.latents.reshape(*x.shape[:2], -1)[:, 1:].reshape(-1, sae.d_sae)
+                           .to(x.device))
     ce = {k: sums[k] / n_tok for k in ("clean", "spliced", "zero", "mean")}
     latents = torch.cat(latents_all)
     return {
@@ -89,9 +101,26 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
 
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
     """logits [n, pos, vocab], tokens [n, pos] -> [n, pos-1]: the loss of predicting tokens[:, t+1]
-    at t."""
+    at t. The tokens are moved to the logits' device (the lab keeps its tokens on the CPU)."""
+    tokens = check_token_ids(tokens, logits.shape[-1]).to(logits.device)
+    if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} do not "
+                         "match: expected logits [n, pos, vocab] of the same tokens [n, pos].")
     logp_NPV = logits[:, :-1].float().log_softmax(-1)
     return -logp_NPV.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def _check_mean_act(mean_act: Tensor, d_in: int, hook_name: str) -> Tensor:
+    """``mean_act`` as a finite [d_in] vector."""
+    if not isinstance(mean_act, Tensor) or mean_act.numel() != d_in:
+        shape = tuple(mean_act.shape) if isinstance(mean_act, Tensor) else type(mean_act).__name__
+        raise ValueError(f"mean_act must be the mean activation [{d_in}] at {hook_name!r}, got "
+                         f"{shape}. Leave it out to compute it from the tokens, or pass "
+                         "acts.mean(0) of activations from that hook.")
+    if not torch.isfinite(mean_act).all():
+        raise ValueError("mean_act contains NaN/inf values: recompute it from finite "
+                         "activations, or leave it out to compute it from the tokens.")
+    return mean_act.reshape(d_in).float()
 
 
 @torch.no_grad()

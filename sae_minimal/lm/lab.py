@@ -12,11 +12,18 @@ yet each notebook must also run on its own. ``Lab.sae`` trains what is missing a
 earlier notebook left in the cache folder (``SAE_MINIMAL_CACHE``, default ``~/.cache/sae_minimal``).
 The cache key holds every setting that changes the result (class, shape, hyper-parameters, tokens,
 seed, mode), so nothing is silently reused for the wrong thing and nothing is overwritten; deleting
-the folder only costs re-training.
+the folder only costs re-training. The folder is named by the model's weights
+(``models.fingerprint``), not only its name. An entry that cannot be loaded, or that loads as
+something other than its key says (an edited cfg.json, NaN weights), is moved aside and retrained.
+Entries are saved to a temporary folder that is then renamed into place, and a lock file makes a
+second process that asks for the same SAE wait for the first one's training, then load its result.
 
 Sizes come from one switch, ``SAE_MINIMAL_FAST=1`` (CI, ``course run --fast``): a small cache and
 short training so that every notebook runs in a couple of minutes. The default (full) sizes give
 recognisable latents.
+
+(Slightly over the package's ~250-line guide: the cache key, the move-aside of bad entries and the
+locking belong next to the one method that trains or loads.)
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from torch import Tensor
 
 from .. import __version__
 from .activations import ActivationStore, cache_activations, run_to_hook
+from .cachefiles import file_lock
 from ..base import BaseSAE
 from .evaluation import latent_density, splice_eval
-from ..io import CheckpointError, load_sae, save_sae
+from ..io import load_sae, save_sae
 from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
-from .models import lm_name, load_lm
+from .models import fingerprint, lm_name, load_lm
 from .text import load_tokens
 from ..train import History, default_lr, train_sae
 
@@ -105,7 +113,10 @@ class Lab:
         self.tokens = load_tokens(self.model, self.size["train_windows"], split="train")  # [n, 128]
         self.held_out = load_tokens(self.model, self.size["eval_windows"],
                                     split="held_out")  # [m, 128]
-        self.root = cache_dir() / f"{self.model_name}-{self.hook}-{'fast' if self.fast else 'full'}"
+        # keyed by the weights, not only the name: a rebuilt stand-in gets a folder of its own
+        self.fingerprint = fingerprint(self.model)
+        self.root = cache_dir() / (f"{self.model_name}-{self.fingerprint[:8]}-{self.hook}-"
+                                   f"{'fast' if self.fast else 'full'}")
         self._eval_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
         self._density_rows: Tensor | None = None
@@ -137,7 +148,7 @@ class Lab:
     def _key(self, name: str, sae: BaseSAE, settings: dict) -> str:
         spec = {"class": type(sae).__name__, "d_in": sae.d_in, "d_sae": sae.d_sae,
                 "config": sae.config(), "settings": settings, "version": __version__,
-                "tokens": self.activations().meta["tokens_sha1"]}
+                "model": self.fingerprint, "tokens": self.activations().meta["tokens_sha1"]}
         digest = hashlib.sha1(
             json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{name}-{digest}"
@@ -160,23 +171,41 @@ class Lab:
         settings = {"n_tokens": n_tokens, "seed": seed, "batch_size": batch_size, "lr": lr,
                     **train_kw}
         path = self.root / "saes" / self._key(name, sae, settings)
-        if path.is_dir():
-            try:
-                loaded = load_sae(path, device=self.device)
+        # one process trains a given entry; another asking for it meanwhile waits, then loads it
+        with file_lock(path.with_name(f".{path.name}.lock"), f"training {path.name}"):
+            loaded = self._load_entry(path, sae)
+            if loaded is not None:
                 self._runs[loaded] = LabRun(path, None)
                 return loaded
-            except (CheckpointError, FileNotFoundError) as e:
-                aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
-                print(f"The cached SAE at {path} could not be loaded ({e}); "
-                      f"moved it to {aside} and training again.")
-                shutil.move(str(path), str(aside))
-        store = self.activations()
-        history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed),
-                            n_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
-                            progress=progress, device=self.device, **train_kw)
-        save_sae(sae, path)
+            store = self.activations()
+            history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed),
+                                n_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
+                                progress=progress, device=self.device, **train_kw)
+            kept = _save_entry(sae, path, self.device)
+        if kept is not sae:                       # another writer got there first: use its copy
+            self._runs[kept] = LabRun(path, None)
+            return kept
         self._runs[sae] = LabRun(path, history)
         return sae
+
+    def _load_entry(self, path: Path, made: BaseSAE) -> BaseSAE | None:
+        """The SAE cached at ``path`` if it loads and is what ``made`` would become; otherwise
+        None, with a bad entry moved aside (kept for inspection, never deleted)."""
+        if not path.exists():
+            return None
+        try:
+            loaded = load_sae(path, device=self.device)
+            problem = _mismatch(loaded, made)
+            if problem:
+                raise ValueError(problem)
+            return loaded
+        # any failure to load means a lost cache entry, never a reason to stop: retrain it
+        except Exception as e:  # noqa: BLE001
+            aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+            print(f"The cached SAE at {path} could not be loaded ({type(e).__name__}: {e}); "
+                  f"moved it to {aside} and training again.")
+            shutil.move(str(path), str(aside))
+            return None
 
     def run(self, sae: BaseSAE) -> LabRun:
         """(cache folder, History or None) of an SAE that ``lab.sae`` returned."""
@@ -213,6 +242,37 @@ class Lab:
         if self._density_rows is None or len(self._density_rows) < max_rows:
             self._density_rows = self.activations().load_all(max_rows).to(self.device)
         return latent_density(sae, self._density_rows[:max_rows]).cpu()
+
+
+def _mismatch(loaded: BaseSAE, made: BaseSAE) -> str | None:
+    """Why a loaded cache entry is not the SAE its key promises (edited cfg.json, NaN weights),
+    or None."""
+    if type(loaded) is not type(made) or (loaded.d_in, loaded.d_sae) != (made.d_in, made.d_sae):
+        return (f"it holds a {type(loaded).__name__}({loaded.d_in}, {loaded.d_sae}), not the "
+                f"{type(made).__name__}({made.d_in}, {made.d_sae}) its name stands for")
+    if json.dumps(loaded.config(), sort_keys=True, default=str) != \
+            json.dumps(made.config(), sort_keys=True, default=str):
+        return f"its settings {loaded.config()} differ from {made.config()}"
+    if not all(torch.isfinite(p).all() for p in loaded.parameters()):
+        return "its weights contain NaN/inf values"
+    return None
+
+
+def _save_entry(sae: BaseSAE, path: Path, device: torch.device) -> BaseSAE:
+    """Save ``sae`` at ``path`` atomically (a temporary folder renamed into place) and return
+    it; if another writer saved this entry meanwhile, keep theirs and return it loaded instead."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_sae(sae, tmp)
+    try:
+        os.rename(tmp, path)   # fails if path is a non-empty folder (or exists, on Windows)
+        return sae
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.is_dir():
+            raise
+        print(f"{path} was saved by another process while this one trained; using that copy.")
+        return load_sae(path, device=device)
 
 
 __all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "cache_dir", "is_fast"]

@@ -12,8 +12,10 @@ Both are transformer-lens ``HookedTransformer``s with a tokenizer attached, so `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,8 +27,11 @@ STANDIN_NAME = "shakespeare-gpt2-mini"
 
 def offline() -> bool:
     """True when SAE_MINIMAL_OFFLINE (or HF_HUB_OFFLINE) asks us not to use the network."""
-    return any(os.environ.get(v, "0") not in ("", "0", "false", "False")
-               for v in ("SAE_MINIMAL_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(_flag(v) for v in ("SAE_MINIMAL_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "0") not in ("", "0", "false", "False")
 
 
 def banner(name: str, reason: str) -> str:
@@ -54,7 +59,8 @@ def standin_stats() -> dict:
 
 
 def standin_file(name: str) -> Path:
-    """The path of one of the stand-in's shipped files; FileNotFoundError saying how to rebuild it."""
+    """The path of one of the stand-in's shipped files; FileNotFoundError saying how to rebuild
+    it."""
     path = STANDIN_DIR / name
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the bundled stand-in is not installed. "
@@ -106,6 +112,12 @@ def load_lm(name: str | None = None, *, device: str | torch.device = "cpu", verb
     """
     if name not in (None, "gpt2", "standin"):
         raise ValueError(f"name must be 'gpt2', 'standin' or None, got {name!r}.")
+    if name == "gpt2" and _flag("SAE_MINIMAL_OFFLINE"):
+        # fail now: the hub client would otherwise spend most of a minute retrying the network
+        raise RuntimeError("load_lm('gpt2') needs the network, but offline mode is on "
+                           f"(SAE_MINIMAL_OFFLINE={os.environ['SAE_MINIMAL_OFFLINE']}). Unset it "
+                           "(or set SAE_MINIMAL_OFFLINE=0) to download GPT-2 small, or use the "
+                           "bundled stand-in: load_lm('standin').")
     if name == "standin" or (name is None and offline()):
         reason = ("asked for explicitly" if name == "standin"
                   else "SAE_MINIMAL_OFFLINE=1 (no network use)")
@@ -145,3 +157,34 @@ def gpt2_shaped(n_layers: int = 12, seed: int = 0):
                                   normalization_type="LN", seed=seed,
                                   original_architecture="GPT2LMHeadModel")
     return HookedTransformer(cfg).eval()
+
+
+# model -> ((data_ptr, version) of every tensor, fingerprint): hashing GPT-2's 500 MB takes ~0.5 s,
+# so it is done again only when a tensor was replaced or modified in place (its version changes).
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Settings that do not change what the model computes: left out of the fingerprint.
+_NOT_CONTENT = {"device", "n_devices", "seed", "model_name", "tokenizer_name", "n_params",
+                "trust_remote_code", "from_checkpoint", "checkpoint_index", "checkpoint_label_type",
+                "checkpoint_value"}
+
+
+def fingerprint(model) -> str:
+    """16 hex digits identifying what ``model`` computes: every weight (bit for bit) and the
+    architecture settings of its cfg. Two random ``HookedTransformer(cfg)`` (or ``gpt2_shaped``
+    with different seeds) share a name but not a fingerprint; the same weights on another device
+    keep theirs. Caches of activations are keyed by it (``sae_minimal.lm.activations``)."""
+    state = model.state_dict()
+    stamp = tuple((k, t.data_ptr(), t._version) for k, t in state.items())
+    known = _FINGERPRINTS.get(model)
+    if known is not None and known[0] == stamp:
+        return known[1]
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in _NOT_CONTENT}
+    h = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for key in sorted(state):
+        t = state[key].detach()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        # the raw bytes (any dtype, bf16 included) of a contiguous CPU copy
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy())
+    digest = h.hexdigest()[:16]
+    _FINGERPRINTS[model] = (stamp, digest)
+    return digest

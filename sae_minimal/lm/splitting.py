@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..metrics import nearest
+from .validate import check_latents
 
 
 def children(W_parent: Tensor, W_child: Tensor,
@@ -41,6 +42,12 @@ def firing_recall(sae_a, latents_a: Tensor, sae_b, latents_b: Tensor, x: Tensor,
     """[n] for each pair (latents_a[j] of sae_a, latents_b[j] of sae_b): the fraction of the tokens
     in x [N, d_in] where a's latent fires on which b's latent fires too (NaN where a's latent never
     fires)."""
+    # duck-typed SAEs without d_sae (anything with .encode) get their indices checked by torch
+    latents_a = check_latents(latents_a, getattr(sae_a, "d_sae", None), name="latents_a")
+    latents_b = check_latents(latents_b, getattr(sae_b, "d_sae", None), name="latents_b")
+    if len(latents_a) != len(latents_b):
+        raise ValueError(f"latents_a ({len(latents_a)}) and latents_b ({len(latents_b)}) must "
+                         "pair up one to one: pass two index lists of the same length.")
     both = torch.zeros(len(latents_a))
     fired = torch.zeros(len(latents_a))
     for batch in x.split(chunk):

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from .activations import run_to_hook
 from .evaluation import per_token_ce
+from .validate import (check_finite, check_hook, check_latent, check_latents, check_token_ids,
+                       check_tokens, check_width, to_model_device)
 
 
 def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
@@ -39,14 +41,26 @@ def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
 def add_direction(act: Tensor, hook=None, *, direction: Tensor, alpha: float) -> Tensor:
     """Hook: act [n, pos, d] + α·direction on every position except BOS (position 0), which SAEs
     never see."""
+    check_width(act.shape[-1], direction.shape[-1], getattr(hook, "name", "the hook"),
+                what="The steering direction")
     act = act.clone()
     act[:, 1:] += alpha * direction.to(device=act.device, dtype=act.dtype)
     return act
 
 
-def _hooks(hook_name: str | None, direction: Tensor | None, alpha: float) -> list:
+def _hooks(model, hook_name: str | None, direction: Tensor | None, alpha: float) -> list:
+    """The forward hooks that steer (none when there is nothing to add), after checking that
+    α is finite and the direction is one finite vector [d]."""
+    alpha = check_finite(alpha, "alpha")
     if hook_name is None or direction is None or alpha == 0:
         return []
+    check_hook(model, hook_name)
+    if not isinstance(direction, Tensor) or direction.ndim != 1:
+        got = tuple(direction.shape) if isinstance(direction, Tensor) else repr(direction)
+        raise ValueError(f"direction must be one vector [d] (e.g. sae.W_dec[latent]), got {got}.")
+    if not torch.isfinite(direction).all():
+        raise ValueError("direction contains NaN/inf values: steering with it would make every "
+                         "logit NaN. Check how it was computed (e.g. normalising a zero vector).")
     return [(hook_name, partial(add_direction, direction=direction, alpha=alpha))]
 
 
@@ -62,21 +76,23 @@ def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None
     not the sampler's). No KV cache: re-running the short context each step is simple and, at these
     lengths, cheap.
     """
-    if prompts.ndim != 2:
-        raise ValueError(f"prompts must be token ids [n, p], "
-                         f"got shape {tuple(prompts.shape)}.")
-    if temperature <= 0:
+    tokens = to_model_device(model, check_tokens(model, prompts, name="prompts"))
+    if tokens.shape[1] + n_new > model.cfg.n_ctx:
+        raise ValueError(f"{tokens.shape[1]} prompt tokens + n_new={n_new} exceed the model's "
+                         f"context n_ctx={model.cfg.n_ctx}: shorten the prompts or ask for at most "
+                         f"{model.cfg.n_ctx - tokens.shape[1]} new tokens.")
+    if not check_finite(temperature, "temperature") > 0:
         raise ValueError(f"temperature must be > 0, got {temperature} "
                          "(use a small value for near-greedy).")
     gen = torch.Generator().manual_seed(seed)
-    tokens, hooks = prompts, _hooks(hook_name, direction, alpha)
+    hooks = _hooks(model, hook_name, direction, alpha)
     for _ in range(n_new):
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, -1].float()
         # sample on the CPU: one generator on every device
         probs = (logits / temperature).softmax(-1).cpu()
         nxt = torch.multinomial(probs, 1, generator=gen)
         tokens = torch.cat([tokens, nxt.to(device=tokens.device, dtype=tokens.dtype)], dim=1)
-    return tokens
+    return tokens.to(prompts.device)
 
 
 @torch.no_grad()
@@ -84,9 +100,12 @@ def concept_logprob(model, tokens: Tensor, concept_ids: Tensor, *, hook_name: st
                     direction: Tensor | None = None, alpha: float = 0.0) -> Tensor:
     """[n] per sequence, the mean over positions of log P(next token ∈ concept_ids) while
     steering."""
-    logp = (model.run_with_hooks(tokens, fwd_hooks=_hooks(hook_name, direction, alpha))[:, 1:]
-            .float().log_softmax(-1))
-    return logp[..., concept_ids].logsumexp(-1).mean(-1)
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    concept_ids = torch.as_tensor(concept_ids)
+    check_token_ids(concept_ids.reshape(1, -1), model.cfg.d_vocab_out, name="concept_ids")
+    hooks = _hooks(model, hook_name, direction, alpha)
+    logp = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, 1:].float().log_softmax(-1)
+    return logp[..., concept_ids.to(logp.device)].logsumexp(-1).mean(-1)
 
 
 def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
@@ -98,6 +117,10 @@ def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
 def continuation_loss(model, tokens: Tensor, start: int) -> Tensor:
     """[n] mean cross-entropy (nats/token) the *unsteered* model assigns to tokens[:, start:]: a
     fluency score."""
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    if not 1 <= start < tokens.shape[1]:
+        raise ValueError(f"start must be in [1, {tokens.shape[1]}) (the first position of the "
+                         f"continuation in tokens of length {tokens.shape[1]}), got {start}.")
     return per_token_ce(model(tokens), tokens)[:, start - 1:].mean(-1)
 
 
@@ -115,13 +138,15 @@ def logit_effect_z(model, sae, latents: Tensor | list[int]) -> Tensor:
     """[n, vocab] each latent's direct effect on the logits, d_i W_U, standardised per latent
     (z-scores over the vocabulary). The direct path skips the layers after the hook, so it is a
     guide for choosing, not a measurement."""
-    effects = sae.W_dec[torch.as_tensor(latents)] @ model.W_U
+    ids = check_latents(latents, sae.d_sae).to(sae.W_dec.device)
+    effects = sae.W_dec[ids] @ model.W_U.to(sae.W_dec.device)
     return (effects - effects.mean(-1, keepdim=True)) / effects.std(-1, keepdim=True)
 
 
 def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
     """x [..., d_in] with latent ``latent``'s contribution removed, keeping the SAE's error term:
     x - f_i(x)·d_i (module docstring)."""
+    latent = check_latent(latent, sae.d_sae)
     f = sae.encode(x)[..., latent]
     return x - f[..., None] * sae.W_dec[latent]
 
@@ -138,12 +163,23 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     CE(predicting token t+1) - clean CE, and "activation" [m] = f_i. ``clean_ce`` [n, pos-1] can be
     passed in to reuse the clean pass across latents.
     """
+    latent = check_latent(latent, sae.d_sae)
+    check_hook(model, hook_name)
+    tokens = to_model_device(model, check_tokens(model, tokens))
     r = random_direction(sae.d_in, seed=seed + latent,
                          norm=float(sae.W_dec[latent].norm())).to(sae.W_dec.device)
+    if clean_ce is not None:
+        clean_ce = clean_ce.to(tokens.device)
+        if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
+            raise ValueError(f"clean_ce has shape {tuple(clean_ce.shape)}, but these tokens need "
+                             f"[{tokens.shape[0]}, {tokens.shape[1] - 1}]: pass "
+                             "clean_token_ce(model, tokens) of the same tokens.")
     out = {"ablation": [], "control": [], "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
-        f = sae.encode(run_to_hook(model, batch, hook_name))[..., latent]      # [b, pos]
+        x = run_to_hook(model, batch, hook_name)                              # [b, pos, d_in]
+        check_width(x.shape[-1], sae.d_in, hook_name)
+        f = sae.encode(x.to(sae.W_dec.device))[..., latent].to(x.device)      # [b, pos]
         f[:, 0] = 0                          # never touch BOS
         f[:, -1] = 0                         # the last position predicts nothing we can score
         rows = f.gt(0).any(-1)
@@ -154,7 +190,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
                  else per_token_ce(model(batch), batch))
         fires = f[:, :-1] > 0
         for key, vec in (("ablation", sae.W_dec[latent]), ("control", r)):
-            hook = partial(_shift, delta=-f[..., None] * vec.to(f.dtype))
+            hook = partial(_shift, delta=-f[..., None] * vec.to(f.device, f.dtype))
             ce = per_token_ce(model.run_with_hooks(batch, fwd_hooks=[(hook_name, hook)]), batch)
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
@@ -168,6 +204,7 @@ def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
 @torch.no_grad()
 def clean_token_ce(model, tokens: Tensor, batch_size: int = 32, progress: bool = False) -> Tensor:
     """[n, pos-1] per-token clean cross-entropy, for reuse across ``ablation_effect`` calls."""
+    tokens = to_model_device(model, check_tokens(model, tokens))
     return torch.cat([per_token_ce(model(tokens[i:i + batch_size]), tokens[i:i + batch_size])
                       for i in tqdm(range(0, len(tokens), batch_size), disable=not progress,
                                     desc="clean pass")])
