@@ -192,3 +192,12 @@ def test_standin_is_a_real_language_model():
     counts = torch.bincount(train_ids, minlength=model.cfg.d_vocab).double() + 1
     unigram = float(-(counts / counts.sum()).log()[held[:, 1:]].mean())
     assert unigram - loss >= 1.5, (loss, unigram)
+
+
+def test_lm_tools_without_the_lm_extra_say_how_to_install_it(monkeypatch):
+    import sys
+
+    from sae_minimal.lm import models
+    monkeypatch.setitem(sys.modules, "transformer_lens", None)    # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'sae-minimal\[lm\]'"):
+        models.gpt2_shaped(n_layers=1)

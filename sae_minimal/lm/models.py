@@ -13,6 +13,7 @@ Both are transformer-lens ``HookedTransformer``s with a tokenizer attached, so `
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import weakref
@@ -58,6 +59,18 @@ def standin_stats() -> dict:
     return json.loads(cfg.read_text()).get("stats", {}) if cfg.exists() else {}
 
 
+def lm_extra(module: str):
+    """Import one of the ``lm`` extra's packages (transformer_lens, transformers, datasets), or say
+    how to install it: ``pip install .`` alone gives the core, which needs none of them."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            f"{module} is not installed: the language-model tools (sae_minimal.lm) need the lm "
+            "extra. Install it with: pip install 'sae-minimal[lm]' (or pip install -e '.[lm]' in a "
+            "checkout of the repository).") from None
+
+
 def standin_file(name: str) -> Path:
     """The path of one of the stand-in's shipped files; FileNotFoundError saying how to rebuild
     it."""
@@ -72,7 +85,7 @@ def standin_file(name: str) -> Path:
 def standin_tokenizer():
     """The stand-in's tokenizer as a transformers ``PreTrainedTokenizerFast``
     (BOS = EOS = <|endoftext|>)."""
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = lm_extra("transformers").PreTrainedTokenizerFast
 
     path = standin_file("tokenizer.json")
     # add_bos_token / name_or_path: transformer-lens otherwise tries to re-download the
@@ -85,12 +98,12 @@ def standin_tokenizer():
 def load_standin(device: str | torch.device = "cpu"):
     """The bundled stand-in as a HookedTransformer (weights stored in fp16, returned in fp32)."""
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    tl = lm_extra("transformer_lens")
     weights = standin_file("model.safetensors")
     cfg = json.loads((STANDIN_DIR / "config.json").read_text())["model"]
-    config = HookedTransformerConfig(**{**cfg, "device": str(device), "model_name": STANDIN_NAME})
-    model = HookedTransformer(config, tokenizer=standin_tokenizer())
+    config = tl.HookedTransformerConfig(**{**cfg, "device": str(device), "model_name": STANDIN_NAME})
+    model = tl.HookedTransformer(config, tokenizer=standin_tokenizer())
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state, strict=False)
     return model.to(device).eval()
@@ -98,9 +111,8 @@ def load_standin(device: str | torch.device = "cpu"):
 
 def load_gpt2(device: str | torch.device = "cpu"):
     """GPT-2 small from the hub via transformer-lens (needs the network the first time)."""
-    from transformer_lens import HookedTransformer
-
-    return HookedTransformer.from_pretrained("gpt2", device=str(device)).eval()
+    return lm_extra("transformer_lens").HookedTransformer.from_pretrained(
+        "gpt2", device=str(device)).eval()
 
 
 def load_lm(name: str | None = None, *, device: str | torch.device = "cpu", verbose: bool = True):
@@ -150,13 +162,12 @@ def gpt2_shaped(n_layers: int = 12, seed: int = 0):
     """GPT-2 small's *architecture* (d_model 768, 12 heads, d_mlp 3072, vocab 50257) with random
     weights: exercises the GPT-2-shaped code path offline. Not a language model -- its outputs are
     noise."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=n_layers, d_model=768, n_heads=12, d_head=64,
-                                  d_mlp=3072, n_ctx=1024, d_vocab=50257, act_fn="gelu_new",
-                                  normalization_type="LN", seed=seed,
-                                  original_architecture="GPT2LMHeadModel")
-    return HookedTransformer(cfg).eval()
+    tl = lm_extra("transformer_lens")
+    cfg = tl.HookedTransformerConfig(n_layers=n_layers, d_model=768, n_heads=12, d_head=64,
+                                     d_mlp=3072, n_ctx=1024, d_vocab=50257, act_fn="gelu_new",
+                                     normalization_type="LN", seed=seed,
+                                     original_architecture="GPT2LMHeadModel")
+    return tl.HookedTransformer(cfg).eval()
 
 
 # model -> ((data_ptr, version) of every tensor, fingerprint): hashing GPT-2's 500 MB takes ~0.5 s,

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .models import lm_name, offline, standin_file
+from .models import lm_extra, lm_name, offline, standin_file
 
 
 @lru_cache(maxsize=1)
@@ -85,9 +85,7 @@ def hf_dataset_tokens(tokenizer, dataset: str = "NeelNanda/pile-10k", context: i
     if offline():
         raise RuntimeError("SAE_MINIMAL_OFFLINE=1: not downloading a dataset; "
                            "use corpus_tokens() instead.")
-    from datasets import load_dataset
-
-    ds = load_dataset(dataset, split="train")
+    ds = lm_extra("datasets").load_dataset(dataset, split="train")
     bos, ids = _bos_id(tokenizer), []
     for row in ds:
         ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [bos]
