@@ -102,7 +102,8 @@ def load_standin(device: str | torch.device = "cpu"):
     tl = lm_extra("transformer_lens")
     weights = standin_file("model.safetensors")
     cfg = json.loads((STANDIN_DIR / "config.json").read_text())["model"]
-    config = tl.HookedTransformerConfig(**{**cfg, "device": str(device), "model_name": STANDIN_NAME})
+    config = tl.HookedTransformerConfig(**{**cfg, "device": str(device),
+                                           "model_name": STANDIN_NAME})
     model = tl.HookedTransformer(config, tokenizer=standin_tokenizer())
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     model.load_state_dict(state, strict=False)
