@@ -37,10 +37,14 @@ def encoder_pre_acts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None,
     matmul -- a third of a TopK SAE's backward pass.
     Test: tests/test_kernels.py::test_encoder_pre_acts_*.
     """
-    bias = b_enc if b_enc is not None else x.new_zeros(W_enc.shape[1])
-    if b_dec is not None:
-        bias = bias - b_dec @ W_enc
-    return torch.addmm(bias, x, W_enc)
+    return torch.addmm(_folded_bias(W_enc, b_enc, b_dec), x, W_enc)
+
+
+def _folded_bias(W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None) -> Tensor:
+    """b_enc - b_dec @ W_enc [d_sae] (either term left out when None): (x - b_dec) @ W_enc + b_enc
+    == x @ W_enc + this."""
+    bias = b_enc if b_enc is not None else W_enc.new_zeros(W_enc.shape[1])
+    return bias - b_dec @ W_enc if b_dec is not None else bias
 
 
 def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor,
@@ -74,8 +78,7 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k
     Equals ``encoder_pre_acts`` followed by ``pre.topk(k)`` and a ReLU, forward and backward
     (tests/test_kernels.py::test_topk_encode_*); only the backward differs in cost, see _TopKEncode.
     """
-    bias = b_enc - b_dec @ W_enc if b_dec is not None else b_enc
-    return TopKCode(*_TopKEncode.apply(x, W_enc, bias, k))
+    return TopKCode(*_TopKEncode.apply(x, W_enc, _folded_bias(W_enc, b_enc, b_dec), k))
 
 
 class _TopKEncode(torch.autograd.Function):
