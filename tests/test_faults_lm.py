@@ -559,3 +559,32 @@ def test_steering_refuses_a_bad_direction_or_temperature(tiny, toks):
         generate(tiny, toks[:, :4], 2, temperature=float("nan"))
     with pytest.raises(ValueError, match="latents hold indices from 0 to 40"):
         logit_effect_z(tiny, _make(0), [0, 40])
+
+
+def test_web_text_held_out_windows_come_from_other_documents(monkeypatch):
+    """GPT-2's web-text path (issue 15): 'held_out' must not read the training documents. A fake
+    `datasets` whose every document is one repeated token id (its index) shows which were read."""
+    from types import SimpleNamespace
+
+    from sae_minimal.lm import text
+
+    docs = [{"text": str(i)} for i in range(200)]
+    monkeypatch.setattr(text, "lm_extra", lambda name: SimpleNamespace(
+        load_dataset=lambda dataset, split: docs))
+    monkeypatch.setattr(text, "offline", lambda: False)
+
+    class Tok:
+        bos_token_id = 999
+
+        def __call__(self, s, add_special_tokens=False):
+            return {"input_ids": [int(s)] * 30}
+
+    def documents(split):
+        ids = text.hf_dataset_tokens(Tok(), context=16, n_windows=20, split=split)
+        return set(ids[:, 1:].flatten().tolist()) - {999}
+
+    train, held = documents("train"), documents("held_out")
+    assert train and held and not train & held
+    assert all(i % text.HELD_OUT_EVERY == 0 for i in held)
+    with pytest.raises(ValueError, match="'train' or 'held_out'"):
+        text.hf_dataset_tokens(Tok(), split="test")

@@ -78,16 +78,25 @@ def _encode_split(tokenizer, split: str) -> Tensor:
 _ENCODED: dict = {}
 
 
+HELD_OUT_EVERY = 10   # web text: every 10th document is held out, the other nine are for training
+
+
 def hf_dataset_tokens(tokenizer, dataset: str = "NeelNanda/pile-10k", context: int = 128,
-                      n_windows: int = 2000, seed: int = 0) -> Tensor:
+                      n_windows: int = 2000, seed: int = 0, split: str = "train") -> Tensor:
     """[n, context] windows from a Hugging Face text dataset (needs the network and the `datasets`
-    package)."""
+    package). Such datasets have one split, so ours are by document: split "held_out" reads every
+    ``HELD_OUT_EVERY``-th document and "train" the others, so no held-out window shares a document
+    with a training window."""
+    if split not in ("train", "held_out"):
+        raise ValueError(f"split must be 'train' or 'held_out', got {split!r}.")
     if offline():
         raise RuntimeError("SAE_MINIMAL_OFFLINE=1: not downloading a dataset; "
                            "use corpus_tokens() instead.")
     ds = lm_extra("datasets").load_dataset(dataset, split="train")
     bos, ids = _bos_id(tokenizer), []
-    for row in ds:
+    for i, row in enumerate(ds):
+        if (i % HELD_OUT_EVERY == 0) != (split == "held_out"):
+            continue
         ids += tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [bos]
         if len(ids) > (n_windows + 1) * context:
             break
@@ -97,11 +106,12 @@ def hf_dataset_tokens(tokenizer, dataset: str = "NeelNanda/pile-10k", context: i
 def load_tokens(model, n_windows: int, context: int = 128, split: str = "train",
                 seed: int = 0) -> Tensor:
     """Token windows for ``model`` (from ``load_lm``): the bundled corpus for the stand-in, a
-    web-text dataset for GPT-2 when online (the bundled corpus, GPT-2-tokenised, otherwise)."""
+    web-text dataset for GPT-2 when online (the bundled corpus, GPT-2-tokenised, otherwise). Either
+    way, "train" and "held_out" windows come from different texts (plays, or documents)."""
     if lm_name(model) == "gpt2" and not offline():
         try:
             return hf_dataset_tokens(model.tokenizer, context=context, n_windows=n_windows,
-                                     seed=seed)
+                                     seed=seed, split=split)
         except Exception as e:  # noqa: BLE001
             print(f"Could not load the web-text dataset ({type(e).__name__}); "
                   "using the bundled corpus.")
