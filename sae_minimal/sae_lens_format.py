@@ -3,6 +3,7 @@
     current_layout(cfg)      any SAELens version's cfg.json -> the current layout
                              (or a CheckpointError naming the field)
     fold_decoder_norms(w)    rescale_acts_by_decoder_norm=True, folded into the weights exactly
+    unit_norm_rows(W_dec)    when that setting changes nothing (so TopK SAEs are saved with it on)
 
 Each rule sits next to the one field it reads, so a reader checks a field in one place. Nothing is
 dropped in silence: an unknown tensor, a NaN, a cfg value of the wrong type or a setting sae_minimal
@@ -28,6 +29,22 @@ DTYPES = {f"{prefix}{name}": getattr(torch, name)
 
 class CheckpointError(ValueError):
     """A checkpoint folder exists but cannot be loaded (corrupt, truncated, mismatched, unknown)."""
+
+
+class InteropWarning(UserWarning):
+    """A checkpoint was saved, but SAELens or SAEDashboard will not use it as is (no hook name, a
+    TopK decoder they cannot fold)."""
+
+
+# SAELens's cfg.metadata entries about the model and data (its LLM_METADATA_KEYS): load_sae keeps
+# them on the SAE (``sae.sae_lens_metadata``) and save_sae writes them back. SAELens reads
+# metadata.hook_name to know where HookedSAETransformer splices the SAE in.
+LM_METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "model_class_name",
+                    "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens",
+                    "neuronpedia_id", "context_size", "seqpos_slice", "dataset_path",
+                    "hook_name_out", "hook_head_index_out", "hf_hook_name", "hf_hook_name_out")
+# SAELens < 6 kept them at the top level of cfg.json, two under older names.
+_PRE_6_NAMES = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index"}
 
 
 # --- SAELens's cfg.json layouts -------------------------------------------------------------------
@@ -95,6 +112,15 @@ def _metadata(cfg: dict) -> dict:
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise ValueError(f"'metadata' must be a JSON object, got {meta!r}.")
+    meta = dict(meta)
+    for key, value in cfg.items():  # SAELens < 6: at the top level (SAELens moves them too)
+        key = _PRE_6_NAMES.get(key, key)
+        if key in LM_METADATA_KEYS and meta.get(key) is None:
+            meta[key] = value
+    for name in ("hook_name", "model_name"):
+        if meta.get(name) is not None and not isinstance(meta[name], str):
+            raise ValueError(f"'metadata.{name}' must be a string such as "
+                             f"'blocks.6.hook_resid_post', got {meta[name]!r}.")
     for name, kind in (("sae_minimal_class", str), ("sae_minimal_config", dict)):
         if meta.get(name) is not None and not isinstance(meta[name], kind):
             raise ValueError(f"'metadata.{name}' must be a {kind.__name__}, got {meta[name]!r}.")
@@ -226,8 +252,8 @@ def weights_for(sae: BaseSAE, weights: dict[str, Tensor], cfg: dict) -> dict[str
                          "change what the SAE computes.")
     out = {name: _checked(name, weights[name], tuple(ref.shape), ref.dtype, cfg)
            for name, ref in expected.items()}
-    if cfg["rescale_acts_by_decoder_norm"]:
-        fold_decoder_norms(out)
+    if cfg["rescale_acts_by_decoder_norm"] and not unit_norm_rows(out["W_dec"]):
+        fold_decoder_norms(out)   # with unit rows it would change nothing but the rounding
     if scale is not None:  # SAELens <= 5 decoded (f * scale) @ W_dec; rows are then not unit norm
         out["W_dec"] = out["W_dec"] * scale.to(out["W_dec"].dtype)[:, None]
     return out
@@ -287,5 +313,16 @@ def fold_decoder_norms(w: dict[str, Tensor]) -> None:
     w["W_dec"] = w["W_dec"] / n.clamp_min(1e-8)[:, None]
 
 
-__all__ = ["CheckpointError", "DTYPES", "current_layout", "class_and_kwargs", "check_dims",
-           "weights_for", "fold_decoder_norms"]
+def unit_norm_rows(W_dec: Tensor) -> bool:
+    """True when every decoder row [d_sae, d_in] has norm 1 up to the rounding of its dtype
+    (1e-5 at least): then ``rescale_acts_by_decoder_norm`` multiplies and divides by 1 and the
+    TopK SAE computes the same with it on or off. The trainer keeps rows at unit norm, so save_sae
+    writes it on: SAELens's ``fold_W_dec_norm`` (which SAEDashboard calls) refuses a TopK SAE
+    with it off, since folding would then change which latents are kept."""
+    tol = max(1e-5, torch.finfo(W_dec.dtype).eps)
+    return bool(((W_dec.double().norm(dim=-1) - 1).abs() <= tol).all())
+
+
+__all__ = ["CheckpointError", "InteropWarning", "DTYPES", "LM_METADATA_KEYS", "current_layout",
+           "class_and_kwargs", "check_dims", "weights_for", "fold_decoder_norms",
+           "unit_norm_rows"]

@@ -9,6 +9,15 @@ Sections: firing density and max activation; top-activating contexts with tokens
 activation; samples from activation quantiles (what *typical* firing looks like, not just the
 extremes); a histogram of non-zero activations; the decoder direction's direct logit effect (tokens
 it promotes and suppresses through the unembedding); and the nearest latents by decoder cosine.
+
+**BOS.** Position 0 of every window (BOS) is outside the SAE's training data, so its activations
+are set to 0 here: densities, maxima and contexts leave it out (SAEDashboard's densities count it,
+so a latent that fires on BOS shows one firing per window more there). ``sae`` may be one of ours
+or a SAELens SAE object (``io.as_sae`` translates it).
+
+**Tokens** are shown so that none is invisible or a "�": newline as ↵, tab as ⇥, other control
+characters and bytes that are not a whole UTF-8 character (byte-level BPE splits some characters
+into several tokens) as <0xE2>, and, where a token stands alone, spaces as · (" the" -> "·the").
 """
 
 from __future__ import annotations
@@ -18,13 +27,19 @@ import copy
 import html
 import io
 import os
+import re
+import unicodedata
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .activations import run_to_hook
+from ..io import as_sae
 from .validate import check_hook, check_latent, check_tokens, check_width, module_device
+
+VISIBLE = {"\n": "↵", "\t": "⇥"}   # what decode_token shows for these characters
 
 
 class LatentContext:
@@ -35,6 +50,7 @@ class LatentContext:
     def __init__(self, model, sae, hook_name: str, tokens: Tensor, batch_size: int = 32):
         check_hook(model, hook_name)
         check_tokens(model, tokens)
+        sae = as_sae(sae)
         self.model, self.sae, self.hook_name, self.tokens = model, sae, hook_name, tokens
         self.acts = torch.cat([run_to_hook(model, tokens[i:i + batch_size], hook_name)
                                for i in range(0, len(tokens), batch_size)])  # [n, context, d_in]
@@ -57,6 +73,7 @@ class LatentContext:
 
     def with_sae(self, sae) -> "LatentContext":
         """The same tokens and activations read through another SAE (no new forward pass)."""
+        sae = as_sae(sae)
         check_width(self.acts.shape[-1], sae.d_in, self.hook_name)
         other = copy.copy(self)
         other.sae = sae
@@ -65,7 +82,7 @@ class LatentContext:
 
 def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -> list[str]:
     """Plain-text top activations of ``latent``, one per window: "activation  ...context[token]"
-    (newlines as ⏎)."""
+    (tokens shown as ``decode_token`` shows them: newlines as ↵)."""
     acts = ctx.latent_acts(latent)      # [n, context], latent checked there
     best = acts.max(dim=1)
     lines = []
@@ -74,15 +91,57 @@ def top_contexts(ctx: LatentContext, latent: int, n: int = 5, before: int = 8) -
         if value <= 0:
             break
         left = "".join(ctx.token_str(t) for t in ctx.tokens[row, max(1, pos - before):pos])
-        lines.append(f"{value:6.2f}  ...{left}[{ctx.token_str(ctx.tokens[row, pos])}]"
-                     .replace("\n", "⏎"))
+        lines.append(f"{value:6.2f}  ...{left}[{ctx.token_str(ctx.tokens[row, pos])}]")
     return lines
 
 
-def decode_token(model, token_id: int) -> str:
-    """One token as text; models without a tokenizer (random test models) show the id."""
+def decode_token(model, token_id: int, *, alone: bool = False) -> str:
+    """One token as visible text (module docstring): ``alone`` also shows spaces as ·. Models
+    without a tokenizer (random test models) show the id."""
     tok = getattr(model, "tokenizer", None)
-    return tok.decode([int(token_id)]) if tok is not None else f"<{int(token_id)}>"
+    if tok is None:
+        return f"<{int(token_id)}>"
+    text = tok.decode([int(token_id)])
+    if "\ufffd" in text:  # part of a character: show its bytes
+        text = _token_bytes(tok, int(token_id)).decode("utf-8", errors="surrogateescape")
+    text = "".join(_visible(ch) for ch in text)
+    return text.replace(" ", "·") if alone else text
+
+
+def _visible(ch: str) -> str:
+    """A character as it is shown: itself, or a visible stand-in for one a browser draws as
+    nothing or a box."""
+    if ch in VISIBLE:
+        return VISIBLE[ch]
+    if 0xDC80 <= ord(ch) <= 0xDCFF:          # a byte that surrogateescape could not decode
+        return f"<0x{ord(ch) - 0xDC00:02X}>"
+    if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cn"):   # control, zero-width, unassigned
+        return f"<0x{ord(ch):02X}>" if ord(ch) < 256 else f"<U+{ord(ch):04X}>"
+    return ch
+
+
+def _token_bytes(tok, token_id: int) -> bytes:
+    """The bytes of one token: from GPT-2's byte-level alphabet (``convert_ids_to_tokens``), or a
+    SentencePiece byte token such as "<0xE2>"; b"\\xef\\xbf\\xbd" ("�") when neither applies."""
+    piece = tok.convert_ids_to_tokens(token_id)
+    if isinstance(piece, str):
+        byte_of = _byte_level_alphabet()
+        if piece and all(ch in byte_of for ch in piece):
+            return bytes(byte_of[ch] for ch in piece)
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+            return bytes([int(piece[3:5], 16)])
+    return "\ufffd".encode()
+
+
+@lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet inverted (Radford et al. 2019, ``bytes_to_unicode``): the
+    printable character standing for each of the 256 bytes -> that byte. Printable Latin-1 bytes
+    stand for themselves; the others are shifted to 256 + n."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
 
 
 class Dashboard:
@@ -108,7 +167,7 @@ def _shade(ctx: LatentContext, row: int, pos: int, acts: Tensor, vmax: float, be
     spans = []
     for p in range(max(1, pos - before), min(acts.shape[1], pos + after + 1)):
         a = float(acts[row, p]) / vmax if vmax > 0 else 0.0
-        text = html.escape(ctx.token_str(ctx.tokens[row, p])).replace("\n", "⏎")
+        text = html.escape(ctx.token_str(ctx.tokens[row, p]))
         border = "border-bottom:2px solid #333;" if p == pos else ""
         spans.append(f"<span title='{float(acts[row, p]):.3f}' "
                      f"style='background:rgba(255,120,0,{max(a, 0):.2f});"
@@ -134,15 +193,19 @@ def logit_effects(model, sae, latent: int,
                   k: int = 8) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """Tokens whose logits the decoder direction raises / lowers most through the unembedding
     (W_dec[i] @ W_U)."""
+    sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     effect = sae.W_dec[latent].float() @ model.W_U.float().to(sae.W_dec.device)
     top, bottom = effect.topk(k), (-effect).topk(k)
-    return ([(decode_token(model, i), float(v)) for v, i in zip(top.values, top.indices)],
-            [(decode_token(model, i), -float(v)) for v, i in zip(bottom.values, bottom.indices)])
+    return ([(decode_token(model, i, alone=True), float(v))
+             for v, i in zip(top.values, top.indices)],
+            [(decode_token(model, i, alone=True), -float(v))
+             for v, i in zip(bottom.values, bottom.indices)])
 
 
 @torch.no_grad()
 def nearest_latents(sae, latent: int, k: int = 5) -> list[tuple[int, float]]:
+    sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     W = torch.nn.functional.normalize(sae.W_dec.float(), dim=-1)
     cos = W @ W[latent]
@@ -165,7 +228,10 @@ def feature_dashboard(ctx: LatentContext, latent: int, *, n_top: int = 8, n_quan
     vmax = float(acts.max())
     parts = [f"<h3>Latent {latent}</h3><p>fires on <b>{density:.3%}</b> "
              f"of {body.numel():,} tokens; "
-             f"max activation {vmax:.3f}; hook <code>{ctx.hook_name}</code></p>"]
+             f"max activation {vmax:.3f}; hook <code>{ctx.hook_name}</code></p>"
+             "<p style='font-size:smaller'>BOS (position 0 of each window) is not counted: the "
+             "SAE never sees it. Tokens: ↵ newline, ⇥ tab, &lt;0xE2&gt; a byte of a character "
+             "split over several tokens, · a space in a token shown alone.</p>"]
     if firing.numel() == 0:
         parts.append("<p><i>This latent never fires on these tokens (dead here).</i></p>")
     else:

@@ -11,8 +11,16 @@ cross-entropy:
     CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)
                                                         1 = perfect, 0 = as bad as zeroing
 
-plus KL(clean || spliced) of the next-token distributions, and FVU / L0 on the same tokens. BOS
-positions are left untouched: SAEs are trained without them (see ``sae_minimal.lm.activations``).
+plus KL(clean || spliced) of the next-token distributions, and FVU / L0 on the same tokens.
+
+**BOS convention.** Position 0 of every window (BOS) is left untouched, as SAEs are trained
+without it (see ``sae_minimal.lm.activations``), and the CE averages the predictions made at
+positions 1 .. L-2 (the one made at BOS cannot change). SAELens gives the same numbers with
+``run_with_saes(tokens, saes=[sae], exclude_special_tokens=[bos_id], return_type="loss",
+loss_per_token=True)[:, 1:].mean()``, provided BOS occurs only at position 0 (SAELens skips
+every occurrence of the token; we skip the position): tests/test_sae_lens_interop.py checks it.
+
+``sae`` may be one of ours or a SAELens SAE object (``io.as_sae`` translates it).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .activations import run_to_hook
+from ..io import as_sae
 from ..metrics import dead_fraction, fvu, l0
 from .validate import (check_hook, check_token_ids, check_tokens, check_width, module_device,
                        to_model_device)
@@ -45,6 +54,7 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
     over these tokens' non-BOS positions).
     """
     check_hook(model, hook_name)
+    sae = as_sae(sae)
     tokens = to_model_device(model, check_tokens(model, tokens))
     # the hook's width, checked before anything is computed: reshaping [b, pos, d] to
     # [-1, sae.d_in] would otherwise succeed whenever d_in divides b·pos·d, with garbage rows
@@ -127,6 +137,7 @@ def _check_mean_act(mean_act: Tensor, d_in: int, hook_name: str) -> Tensor:
 def latent_density(sae, activations, batch_size: int = 8192) -> Tensor:
     """[d_sae] firing frequency of every latent over many activations: a tensor [N, d_in] or an
     iterable of batches (e.g. ``store.batches()``)."""
+    sae = as_sae(sae)
     if isinstance(activations, Tensor):
         activations = activations.split(batch_size)
     counts, n = None, 0

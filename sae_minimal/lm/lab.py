@@ -181,12 +181,19 @@ class Lab:
             history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed),
                                 n_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
                                 progress=progress, device=self.device, **train_kw)
-            kept = _save_entry(sae, path, self.device)
+            kept = _save_entry(sae, path, self.device, self.sae_lens_metadata())
         if kept is not sae:                       # another writer got there first: use its copy
             self._runs[kept] = LabRun(path, None)
             return kept
         self._runs[sae] = LabRun(path, history)
         return sae
+
+    def sae_lens_metadata(self) -> dict:
+        """What SAELens's ``cfg.metadata`` says about this lab's SAEs (``save_sae`` writes it):
+        the hook HookedSAETransformer splices them at, the model, and the windows they read
+        (BOS first; the BOS position itself is left out of training and splicing)."""
+        return {"hook_name": self.hook, "model_name": self.model.cfg.model_name,
+                "context_size": int(self.tokens.shape[1]), "prepend_bos": True}
 
     def _load_entry(self, path: Path, made: BaseSAE) -> BaseSAE | None:
         """The SAE cached at ``path`` if it loads and is what ``made`` would become; otherwise
@@ -258,12 +265,14 @@ def _mismatch(loaded: BaseSAE, made: BaseSAE) -> str | None:
     return None
 
 
-def _save_entry(sae: BaseSAE, path: Path, device: torch.device) -> BaseSAE:
-    """Save ``sae`` at ``path`` atomically (a temporary folder renamed into place) and return
-    it; if another writer saved this entry meanwhile, keep theirs and return it loaded instead."""
+def _save_entry(sae: BaseSAE, path: Path, device: torch.device, metadata: dict) -> BaseSAE:
+    """Save ``sae`` (with SAELens's ``metadata``: hook and model names) at ``path`` atomically (a
+    temporary folder renamed into place) and return it; if another writer saved this entry
+    meanwhile, keep theirs and return it loaded instead."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_sae(sae, tmp)
+    save_sae(sae, tmp, metadata=metadata)
+    sae.sae_lens_metadata = metadata   # as load_sae would give it: a later save_sae keeps it
     try:
         os.rename(tmp, path)   # fails if path is a non-empty folder (or exists, on Windows)
         return sae

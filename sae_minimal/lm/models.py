@@ -12,6 +12,7 @@ Both are transformer-lens ``HookedTransformer``s with a tokenizer attached, so `
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -150,6 +151,21 @@ def load_lm(name: str | None = None, *, device: str | torch.device = "cpu", verb
     if verbose:
         print(banner(used, reason))
     return model
+
+
+def with_sae_hooks(model):
+    """``model`` (a HookedTransformer, e.g. the stand-in) as SAELens's ``HookedSAETransformer``
+    with the same config, tokenizer and weights (copied), so that SAELens's ``add_sae`` /
+    ``run_with_saes`` work on it. For GPT-2, ``HookedSAETransformer.from_pretrained("gpt2")`` gives
+    the same."""
+    try:
+        from sae_lens import HookedSAETransformer
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("sae_lens is not installed: pip install 'sae-lens>=6.50,<7' "
+                                  "(it is in sae-minimal's dev extra).") from None
+    spliceable = HookedSAETransformer(copy.deepcopy(model.cfg), tokenizer=model.tokenizer)
+    spliceable.load_state_dict(model.state_dict())
+    return spliceable.to(model.cfg.device).eval()
 
 
 def lm_name(model) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..io import as_sae
 from ..metrics import nearest
 from .validate import check_latents
 
@@ -41,7 +42,8 @@ def firing_recall(sae_a, latents_a: Tensor, sae_b, latents_b: Tensor, x: Tensor,
                   chunk: int = 8192) -> Tensor:
     """[n] for each pair (latents_a[j] of sae_a, latents_b[j] of sae_b): the fraction of the tokens
     in x [N, d_in] where a's latent fires on which b's latent fires too (NaN where a's latent never
-    fires)."""
+    fires). Either SAE may be a SAELens SAE object."""
+    sae_a, sae_b = as_sae(sae_a), as_sae(sae_b)
     # duck-typed SAEs without d_sae (anything with .encode) get their indices checked by torch
     latents_a = check_latents(latents_a, getattr(sae_a, "d_sae", None), name="latents_a")
     latents_b = check_latents(latents_b, getattr(sae_b, "d_sae", None), name="latents_b")

@@ -15,7 +15,8 @@ removes what latent i contributes and nothing else; the SAE's reconstruction err
 control moves x by the same amount in a random direction: x - f_i(x)·||d_i||·r with r a random unit
 vector (``ablation_effect``).
 
-Shapes: tokens [n, pos] with BOS first; activations [n, pos, d_in]; directions [d_in].
+Shapes: tokens [n, pos] with BOS first; activations [n, pos, d_in]; directions [d_in]. An ``sae``
+may be one of ours or a SAELens SAE object (``io.as_sae`` translates it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .activations import run_to_hook
 from .evaluation import per_token_ce
+from ..io import as_sae
 from .validate import (check_finite, check_hook, check_latent, check_latents, check_token_ids,
                        check_tokens, check_width, to_model_device)
 
@@ -138,6 +140,7 @@ def logit_effect_z(model, sae, latents: Tensor | list[int]) -> Tensor:
     """[n, vocab] each latent's direct effect on the logits, d_i W_U, standardised per latent
     (z-scores over the vocabulary). The direct path skips the layers after the hook, so it is a
     guide for choosing, not a measurement."""
+    sae = as_sae(sae)
     ids = check_latents(latents, sae.d_sae).to(sae.W_dec.device)
     effects = sae.W_dec[ids] @ model.W_U.to(sae.W_dec.device)
     return (effects - effects.mean(-1, keepdim=True)) / effects.std(-1, keepdim=True)
@@ -146,6 +149,7 @@ def logit_effect_z(model, sae, latents: Tensor | list[int]) -> Tensor:
 def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
     """x [..., d_in] with latent ``latent``'s contribution removed, keeping the SAE's error term:
     x - f_i(x)·d_i (module docstring)."""
+    sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     f = sae.encode(x)[..., latent]
     return x - f[..., None] * sae.W_dec[latent]
@@ -163,6 +167,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     CE(predicting token t+1) - clean CE, and "activation" [m] = f_i. ``clean_ce`` [n, pos-1] can be
     passed in to reuse the clean pass across latents.
     """
+    sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
