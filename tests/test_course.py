@@ -1,5 +1,5 @@
 """The course's single source of truth: exercises/ and notebooks/ are generated from solutions/, every stub is
-followed by its checker, exercises run up to their first stub, and the self-grading report works."""
+followed by its checker (in the next cell), exercises run up to their first stub, and the self-grading report works."""
 
 import re
 from pathlib import Path
@@ -38,8 +38,9 @@ def test_every_stub_is_followed_by_its_checker(path):
     assert all(not c.outputs for c in code), "exercise notebooks are shipped without outputs"
     stubs = [i for i, c in enumerate(code) if course_build.STUB in c.source]
     assert stubs, f"{path.name} has no exercise"
-    for i in stubs:
-        assert runner.CHECK_CALL.search(code[i].source), f"stub in code cell {i} of {path.name} is not followed by a checker"
+    for i in stubs:   # the checker is the next cell: nbgrader's locked test cell (tests/test_nbgrader.py)
+        assert i + 1 < len(code) and runner.CHECK_CALL.search(code[i + 1].source), \
+            f"stub in code cell {i} of {path.name} is not followed by a checker"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
@@ -50,7 +51,9 @@ def test_exercise_runs_up_to_its_first_stub(path, tmp_path):
     from nbclient.exceptions import CellExecutionError
 
     ex = nbformat.read(ROOT / "exercises" / path.name, as_version=4)
-    first = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and course_build.STUB in c.source)
+    stub = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and course_build.STUB in c.source)
+    first = next(i for i, c in enumerate(ex.cells)
+                 if i > stub and c.cell_type == "code" and runner.CHECK_CALL.search(c.source))
     ex.cells = ex.cells[: first + 1]
     client = NotebookClient(ex, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     with pytest.raises(CellExecutionError) as err:

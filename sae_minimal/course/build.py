@@ -2,11 +2,17 @@
 
     build()            solutions/ -> exercises/ (solution blocks replaced by stubs, outputs cleared)
                        and notebooks/ (markers stripped, outputs kept)
+    nbgrader_course()  solutions/ -> an nbgrader course directory (source/ and nbgrader_config.py)
     read_notebook()    a notebook, or a one-line CourseError saying why the file is not one
 
 A marker may vary in case, spacing and number of ``#`` and carry a note (``## begin solution (part
 a)``); any other line that mentions a marker, an unclosed or unmatched block, or an unreadable
 notebook stops the build before anything is written.
+
+The solutions follow nbgrader's layout, so that ``exercises/`` is what ``nbgrader
+generate_assignment`` hands out: a ``# HINT:`` line sits above its ``### BEGIN SOLUTION`` line
+(nbgrader deletes everything inside the block; ``build`` keeps a hint found inside too), and each
+checker call is a cell of its own after the solution cell, a locked nbgrader test cell with points.
 """
 
 from __future__ import annotations
@@ -144,7 +150,14 @@ def _rebuild(nb, make_source: Callable[[object], str], clear_outputs: bool):
 
 
 def build_exercise(nb):
-    return _rebuild(nb, lambda cell: exercise_source(cell.source, cell.cell_type), True)
+    out = _rebuild(nb, lambda cell: exercise_source(cell.source, cell.cell_type), True)
+    for cell in out.cells:   # as nbgrader's release locks them: checker cells read-only, and no
+        meta = cell.metadata.get("nbgrader", {})   # exercise cell can be deleted by accident
+        if meta.get("solution"):
+            cell.metadata["deletable"] = False
+        elif meta.get("grade") or meta.get("locked"):
+            cell.metadata.update(deletable=False, editable=False)
+    return out
 
 
 def build_reading(nb):
@@ -178,3 +191,71 @@ def build(root: Path | None = None, check_only: bool = False) -> list[str]:
             partial.write_text(made[target])
             os.replace(partial, target)
     return [str(target.relative_to(root)) for target in stale]
+
+
+# --- nbgrader -------------------------------------------------------------------------------------
+def grading_problems(nb) -> list[str]:
+    """What keeps ``nbgrader autograde`` from grading a solution notebook's exercises: a checker
+    call outside a locked test cell with points, a solution block in a cell nbgrader does not
+    treat as a solution, a hint inside a block (nbgrader deletes it), a repeated grade_id."""
+    from .runner import checker_calls
+
+    problems, ids = [], []
+    for index, cell in enumerate(nb.cells):
+        meta, label = cell.metadata.get("nbgrader", {}), cell_label(index, cell)
+        ids += [meta["grade_id"]] if "grade_id" in meta else []
+        blocks: list[list[str]] = []   # the lines inside each marked block, collected:
+        _replace_blocks(cell.source, lambda kind, indent, body: blocks.append(body) or [])
+        if blocks and not meta.get("solution"):
+            problems.append(f"{label} has a solution block but no nbgrader solution metadata")
+        if any(line.strip().startswith("# HINT:") for body in blocks for line in body):
+            problems.append(f"{label}: move its '# HINT:' lines above '{BEGIN}' (nbgrader "
+                            "deletes what is inside the block)")
+        if cell.cell_type == "code" and checker_calls(cell.source) and not (
+                meta.get("grade") and meta.get("locked") and not meta.get("solution")
+                and meta.get("points", 0) > 0):
+            problems.append(f"{label} calls a checker but is not a locked nbgrader test cell "
+                            "with points (grade, locked, points; not solution)")
+    problems += [f"grade_id {g!r} is used twice" for g in sorted({g for g in ids
+                                                                  if ids.count(g) > 1})]
+    return problems
+
+
+def nbgrader_course(target: Path, root: Path | None = None, names: list[str] | None = None,
+                    force: bool = False) -> list[Path]:
+    """Set up an nbgrader course directory in ``target``: ``source/NN_name/NN_name.ipynb`` for
+    each solution notebook (one assignment each; ``names`` picks some, e.g. ["00", "02"]) and
+    the course's ``nbgrader_config.py`` (teacher/). Returns the files written. A file that exists
+    with other content is left alone: a CourseError, unless ``force`` (the config is never
+    overwritten: yours may hold other settings)."""
+    root = root or course_root()
+    solutions = sorted((root / "solutions").glob("*.ipynb"))
+    if names:
+        def called(s: Path, name: str) -> bool:   # "00", "00_introduction" or its file name
+            return name in (s.stem, s.name) or s.stem.startswith(f"{name}_")
+        chosen = [s for s in solutions if any(called(s, n) for n in names)]
+        unknown = [n for n in names if not any(called(s, n) for s in chosen)]
+        if unknown:
+            raise CourseError(f"no solution notebook called {', '.join(unknown)}: choose from "
+                              f"{', '.join(s.stem for s in solutions)}.")
+        solutions = chosen
+    problems = [f"{s.name}: {p}" for s in solutions for p in grading_problems(read_notebook(s))]
+    if problems:
+        raise CourseError("not ready for nbgrader: " + "; ".join(problems))
+    files = {target / "source" / s.stem / s.name: s.read_text() for s in solutions}
+    clash = [path for path, text in files.items()
+             if path.exists() and path.read_text() != text and not force]
+    if clash:
+        raise CourseError(f"these files differ from solutions/ (edited by you?): "
+                          f"{', '.join(map(str, clash))}: move them away, or pass --force to "
+                          "overwrite them.")
+    config = target / "nbgrader_config.py"
+    if not config.exists():
+        files[config] = (root / "teacher" / "nbgrader_config.py").read_text()
+    written = []
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written

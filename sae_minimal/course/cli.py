@@ -11,11 +11,13 @@ notebook.
                                                                           # (maintainers)
     python -m sae_minimal.course demo [--tokens N]  # a first SAE on synthetic data
                                                     # (= python -m sae_minimal.course.demo)
+    python -m sae_minimal.course nbgrader DIR [00 02 ...]  # an nbgrader course directory:
+                                                # DIR/source/NN_name/ + DIR/nbgrader_config.py
 
 One source of truth: the solution notebooks in ``solutions/``, written with nbgrader's markers.
 
-    ### BEGIN SOLUTION            (in code or Markdown cells; lines starting "# HINT:" are kept
-                                   as hints)
+    # HINT: ...                   (above the block: kept in the exercise, by nbgrader too)
+    ### BEGIN SOLUTION            (in code or Markdown cells)
     ### END SOLUTION
     ### BEGIN HIDDEN TESTS        (removed from the exercise entirely)
     ### END HIDDEN TESTS
@@ -25,6 +27,10 @@ One source of truth: the solution notebooks in ``solutions/``, written with nbgr
 ``#`` and carry a note (``## begin solution (part a)``); any other line that mentions a marker, an
 unclosed or unmatched block, or an unreadable notebook stops the build before anything is written.
 ``SAE_MINIMAL_FAST=1`` (``run --fast``) asks notebooks for shorter training.
+
+Each checker call is a cell of its own after the exercise, a locked nbgrader test cell with points,
+so ``nbgrader autograde`` grades the exercises. The ``nbgrader`` command sets up a course
+directory for it, with teacher/nbgrader_config.py (README.md, "For teachers").
 
 ``check`` grades against the solution notebook of the same name: every checker the solution calls
 must be called and pass, so deleting a checker's cell cannot turn into "all checks passed". Every
@@ -43,7 +49,7 @@ import sys
 import time
 from pathlib import Path
 
-from .build import CourseError, build, course_root
+from .build import CourseError, build, course_root, nbgrader_course
 from .render import clean_for_commit
 from .runner import CELL_TIMEOUT_S, check, execute, print_check, run
 
@@ -72,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
                             help=f"stop a cell that runs longer (default {CELL_TIMEOUT_S})")
     sub.add_parser("demo", help="train a first SAE on synthetic data (under a minute)",
                    add_help=False)
+    g = sub.add_parser("nbgrader", help="set up an nbgrader course directory from solutions/")
+    g.add_argument("directory")
+    g.add_argument("notebooks", nargs="*", metavar="NN",
+                   help="only these notebooks (00, 02 or 00_introduction; default: all)")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite source notebooks that differ from solutions/")
     args, rest = ap.parse_known_args(argv)
     if args.cmd == "demo":
         from .demo import main as demo
@@ -93,6 +105,11 @@ def _command(args) -> int:
         stale = build(check_only=args.check)
         print("\n".join(stale) if stale else "exercises/ and notebooks/ are up to date")
         return 1 if (args.check and stale) else 0
+    if args.cmd == "nbgrader":
+        target = Path(args.directory)
+        written = nbgrader_course(target, names=args.notebooks, force=args.force)
+        print("\n".join(map(str, written)) if written else f"{target} is up to date")
+        return 0
     if args.cmd == "run":
         folder = Path(args.dir) if args.dir else course_root() / "notebooks"
         return 1 if run(folder, args.fast, args.timeout) else 0
