@@ -20,16 +20,15 @@ extension point is defined here with its default, so a reader finds the whole co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .kernels import encoder_pre_acts
+from .kernels import (Select, SparseCode, decode_code, encoder_pre_acts, sparse_encode,
+                      sparse_max_density)
 
 
-@dataclass
 class SAEOutput:
     """What ``sae(x)`` returns.
 
@@ -37,27 +36,51 @@ class SAEOutput:
     latents: sparse code                                  [..., d_sae]
     loss:    scalar training loss (sum of ``losses``)
     losses:  named, already-weighted loss terms, e.g. {"mse": ..., "l1": ...}
+
+    ``latents`` may be passed as a function that builds it: on the sparse path the dense code (a
+    pass over B·d_sae entries) is made only if read, and training reads it on logging steps only.
     """
 
-    x_hat: Tensor
-    latents: Tensor
-    loss: Tensor
-    losses: dict[str, Tensor] = field(default_factory=dict)
+    def __init__(self, x_hat: Tensor, latents: Tensor | Callable[[], Tensor], loss: Tensor,
+                 losses: dict[str, Tensor] | None = None):
+        self.x_hat, self._latents, self.loss = x_hat, latents, loss
+        self.losses = {} if losses is None else losses
+
+    @property
+    def latents(self) -> Tensor:
+        if callable(self._latents):
+            self._latents = self._latents()
+        return self._latents
+
+    def __repr__(self) -> str:
+        return (f"SAEOutput(x_hat {tuple(self.x_hat.shape)}, latents [..., d_sae], "
+                f"loss {float(self.loss):.4g}, losses {list(self.losses)})")
 
 
 class Encoding(NamedTuple):
     """What ``encode_flat`` returns: the code, and what the loss needs from the encoder."""
 
-    latents: Tensor
-    """[B, d_sae] the sparse code f (zeros where a latent is off)."""
+    latents: Tensor | None
+    """[B, d_sae] the sparse code f (zeros where a latent is off); None on the sparse path, where
+    ``sparse`` holds it (``dense_latents`` builds it)."""
     pre: Tensor
     """[B, d_sae] the pre-activations that decide firing: (x - b_dec) @ W_enc + b_enc
     (π_gate in Gated)."""
     l0: Tensor | None = None
     """[B] a differentiable count of active latents per row (JumpReLU's L0 penalty), else None."""
-    topk: tuple[Tensor, Tensor] | None = None
-    """(values [B, k], indices [B, k]) when the code is also kept sparse (TopK's fast path), else
-    None. Then ``latents`` is a detached copy for metrics, and gradients flow through ``values``."""
+    sparse: SparseCode | None = None
+    """The code as its non-zero entries (the sparse path, ``kernels.sparse_encode``), else None.
+    Then gradients flow through ``sparse.values``."""
+    sparse_pre: Tensor | None = None
+    """[nnz] the pre-activations at ``sparse``'s entries, when the loss needs them (π_gate in
+    Gated)."""
+    probe: SparseCode | None = None
+    """Entries decoded with value 0, so that they receive their gradient ∂L/∂f: what a
+    straight-through estimator needs from latents that did not fire (JumpReLU's window)."""
+
+    def dense_latents(self) -> Tensor:
+        """latents [B, d_sae], built from ``sparse`` (detached) on the sparse path."""
+        return self.latents if self.latents is not None else self.sparse.dense(self.pre.shape[1])
 
 
 def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
@@ -119,6 +142,10 @@ class BaseSAE(nn.Module):
     dead_window: int = 100_000  # a latent is dead after this many training tokens without firing
     trained_tokens: int = 0     # tokens trained on so far; > 0 means train_sae continues training
     sparsity_warmup: float = 1.0  # the trainer ramps this 0 -> 1 to warm up sparsity penalties
+    # Keep each batch's code as its non-zero entries (kernels.sparse_encode) when it is sparse
+    # enough for this device (kernels.sparse_max_density): None = decide per batch from its
+    # measured density; True / False force the sparse / dense path.
+    sparse_path: bool | None = None
 
     def __init_subclass__(cls, *, sae_lens_default: bool = False, **kw):
         super().__init_subclass__(**kw)
@@ -153,8 +180,8 @@ class BaseSAE(nn.Module):
     # activation(pre)            the nonlinearity, when the encoder is pre -> f
     #                            (ReLU, TopK, BatchTopK)
     # encode_flat(x)             the whole encoder, when it is more than that
-    #                            (Gated, JumpReLU, TopK fast)
-    # decode_flat(enc)           the decoder, when it can skip the zeros (TopK's fast path)
+    #                            (Gated, JumpReLU, and every variant's sparse path)
+    # decode_flat(enc)           the decoder, when it is more than f @ W_dec + b_dec
     # loss_terms(x, x_hat, enc)  the sparsity penalty and auxiliary losses
     # config()                   hyperparameters saved in cfg.json and used by the lab's cache key
     # fold_input_scale(s)        extend (call super) for parameters not simply in x's units
@@ -173,8 +200,12 @@ class BaseSAE(nn.Module):
         return Encoding(self.activation(pre), pre)
 
     def decode_flat(self, enc: Encoding) -> Tensor:
-        """Encoding -> x_hat [B, d_in] = f @ W_dec + b_dec."""
-        return torch.addmm(self.b_dec, enc.latents, self.W_dec)
+        """Encoding -> x_hat [B, d_in] = f @ W_dec + b_dec (from the entries on the sparse
+        path)."""
+        if enc.sparse is None:
+            return torch.addmm(self.b_dec, enc.latents, self.W_dec)
+        x_hat = decode_code(enc.sparse, self.W_dec, self.b_dec)
+        return x_hat if enc.probe is None else x_hat + decode_code(enc.probe, self.W_dec)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         """Named, already-weighted loss terms for a flat batch x [B, d_in].
@@ -214,13 +245,27 @@ class BaseSAE(nn.Module):
         b_dec = self.b_dec if self.apply_b_dec_to_input else None
         return encoder_pre_acts(x, self.W_enc, self.b_enc, b_dec)
 
+    def sparse_pre_acts(self, x: Tensor, select: Select, b_enc: Tensor | None
+                        ) -> tuple[Tensor, SparseCode | None]:
+        """x [B, d_in] -> ((x - b_dec) @ W_enc + b_enc [B, d_sae], the entries ``select(pre)``
+        keeps as a SparseCode, or None for the dense path): ``kernels.sparse_encode``, with the
+        density limit that ``sparse_path`` and this device set."""
+        b_dec = self.b_dec if self.apply_b_dec_to_input else None
+        if self.sparse_path is False:
+            return encoder_pre_acts(x, self.W_enc, b_enc, b_dec), None
+        return sparse_encode(x, self.W_enc, b_enc, b_dec, select, self.sparse_limit(x.device))
+
+    def sparse_limit(self, device: torch.device) -> float:
+        """The largest code density the sparse path takes on ``device`` (1 when forced)."""
+        return 1.0 if self.sparse_path else sparse_max_density(device)
+
     def _flat(self, x: Tensor) -> Tensor:
         x = check_activations(x, self.d_in)
         return x.reshape(-1, self.d_in).to(self.W_enc.dtype)
 
     def encode(self, x: Tensor) -> Tensor:
         """x [..., d_in] -> latents [..., d_sae]."""
-        return self.encode_flat(self._flat(x)).latents.reshape(*x.shape[:-1], self.d_sae)
+        return self.encode_flat(self._flat(x)).dense_latents().reshape(*x.shape[:-1], self.d_sae)
 
     def decode(self, latents: Tensor) -> Tensor:
         """latents [..., d_sae] -> x_hat [..., d_in]."""
@@ -237,19 +282,22 @@ class BaseSAE(nn.Module):
         enc = self.encode_flat(flat)
         x_hat = self.decode_flat(enc)
         if self.training:
-            self._update_dead_counter(enc.latents)
+            self._update_dead_counter(enc)
         losses = self.loss_terms(flat, x_hat, enc)
-        lead = x.shape[:-1]
-        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in),
-                         latents=enc.latents.reshape(*lead, self.d_sae),
+        lead, code, d_sae = x.shape[:-1], enc.sparse, self.d_sae
+        latents = (enc.latents.reshape(*lead, d_sae) if enc.latents is not None
+                   else lambda: code.dense(d_sae).reshape(*lead, d_sae))   # built if read
+        return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=latents,
                          loss=sum(losses.values()), losses=losses)
 
     # --- training support -----------------------------------------------------------------------
     @torch.no_grad()
-    def _update_dead_counter(self, latents: Tensor) -> None:
-        fired = (latents > 0).any(dim=0)
-        self.tokens_since_fired += latents.shape[0]
-        self.tokens_since_fired[fired] = 0
+    def _update_dead_counter(self, enc: Encoding) -> None:
+        self.tokens_since_fired += enc.pre.shape[0]
+        if enc.sparse is not None:
+            self.tokens_since_fired[enc.sparse.indices[enc.sparse.values > 0]] = 0
+        else:
+            self.tokens_since_fired[(enc.latents > 0).any(dim=0)] = 0
 
     def dead_mask(self, window: int | None = None) -> Tensor:
         """[d_sae] bool: latents that have not fired in the last ``window`` (default
@@ -269,8 +317,10 @@ class BaseSAE(nn.Module):
         if self.W_dec.grad is None:
             return
         W, G = self.W_dec, self.W_dec.grad
-        G -= ((G * W).sum(dim=-1, keepdim=True) * W
-              / (W * W).sum(dim=-1, keepdim=True).clamp_min(1e-16))
+        # G -= (<G_i, W_i> / <W_i, W_i>) W_i per row, in three passes over [d_sae, d_in] and no
+        # temporaries of that size (it runs every step on the largest tensors)
+        along = torch.einsum("sd,sd->s", G, W) / W.norm(dim=-1).square().clamp_min(1e-16)
+        G.addcmul_(W, along[:, None], value=-1)
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:

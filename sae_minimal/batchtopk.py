@@ -22,6 +22,8 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from .base import Encoding
+from .kernels import batch_topk_entries, sparse_max_density
 from .topk import TopKSAE
 
 
@@ -40,7 +42,6 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "jumprelu"
     scaled_with_input = ("b_enc", "b_dec", "threshold")
-    decode_sparsely = False  # rows keep different numbers of latents: no fixed-k sparse code
 
     def __init__(self, d_in: int, d_sae: int, *, threshold_momentum: float = 0.99, **kw):
         super().__init__(d_in, d_sae, **kw)
@@ -53,20 +54,44 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.full((d_sae,), -1.0, dtype=self.W_enc.dtype,
                                                       device=self.W_enc.device))
 
+    def _keep(self, pre: Tensor) -> Tensor:
+        """What the code keeps of pre [B, d_sae]: in training the k·B largest activations of the
+        batch (ascending flat indices, ``kernels.batch_topk_entries``), at inference a mask of
+        those above θ."""
+        if self.training:
+            return batch_topk_entries(pre, self.k)
+        if (self.threshold < 0).any():
+            raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it first "
+                               "(train_sae estimates θ), or call sae.train() to use "
+                               "batch-level TopK.")
+        return pre > self.threshold
+
     def activation(self, pre: Tensor) -> Tensor:
-        if not self.training:
-            if (self.threshold < 0).any():
-                raise RuntimeError("BatchTopKSAE has no inference threshold yet: train it first "
-                                   "(train_sae estimates θ), or call sae.train() to use "
-                                   "batch-level TopK.")
-            return pre * (pre > self.threshold)
-        latents = batch_topk_relu(pre, self.k)
-        self._update_threshold(latents)
+        keep = self._keep(pre)
+        if keep.dtype != torch.bool:
+            keep = torch.zeros_like(pre, dtype=torch.bool).view(-1).index_fill_(0, keep, True)
+        latents = pre * keep.view_as(pre)
+        if self.training:
+            self._update_threshold(latents[latents > 0])
         return latents
 
+    def encode_flat(self, x: Tensor) -> Encoding:
+        """f = BatchTopK_{k·B}(ReLU(pre)) in training, pre · 1[pre > θ] at inference; kept as its
+        entries (``kernels.sparse_encode``) unless k / d_sae is above this device's crossover."""
+        if self.sparse_path is None and self.k > sparse_max_density(x.device) * self.d_sae:
+            pre = self.pre_acts(x)
+            return Encoding(self.activation(pre), pre)
+        pre, code = self.sparse_pre_acts(x, self._keep, self.b_enc)
+        if code is None:
+            return Encoding(self.activation(pre), pre)
+        if self.training:
+            self._update_threshold(code.values.detach())
+        return Encoding(None, pre, sparse=code)
+
     @torch.no_grad()
-    def _update_threshold(self, latents: Tensor) -> None:
-        kept = latents[latents > 0]
+    def _update_threshold(self, kept: Tensor) -> None:
+        """θ <- running average of the smallest kept activation (kept: [n] the code's values)."""
+        kept = kept[kept > 0]
         if kept.numel() == 0:
             return
         smallest = kept.min()
@@ -96,8 +121,8 @@ class BatchTopKSAE(TopKSAE):
         running average's lag."""
         smallest = []
         for batch in x.split(batch_size):
-            latents = batch_topk_relu(self.pre_acts(batch), self.k)
-            kept = latents[latents > 0]
+            pre = self.pre_acts(batch).reshape(-1)
+            kept = pre[batch_topk_entries(pre.view(len(batch), -1), self.k)]
             if kept.numel():
                 smallest.append(kept.min())
         if smallest:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import BaseSAE, Encoding, check_coeff, mse
-from .kernels import encoder_pre_acts
+from .kernels import decode_code, encoder_pre_acts
 
 
 class GatedSAE(BaseSAE, sae_lens_default=True):
@@ -42,25 +42,44 @@ class GatedSAE(BaseSAE, sae_lens_default=True):
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x [B, d_in] -> (π_gate, π_mag), each [B, d_sae], sharing one matmul."""
         b_dec = self.b_dec if self.apply_b_dec_to_input else None
-        xw = encoder_pre_acts(x, self.W_enc, None, b_dec)               # (x - b_dec) @ W_enc
+        return self._both(encoder_pre_acts(x, self.W_enc, None, b_dec))   # (x - b_dec) @ W_enc
+
+    def _both(self, xw: Tensor, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x - b_dec) @ W_enc -> (π_gate, π_mag); at the entries ``indices`` only if given."""
+        b_gate, r_mag, b_mag = ((self.b_gate, self.r_mag, self.b_mag) if indices is None else
+                                (self.b_gate[indices], self.r_mag[indices], self.b_mag[indices]))
         # (x @ W) ⊙ exp(r) == x @ (W ⊙ exp(r)) since r scales whole columns
-        return xw + self.b_gate, xw * self.r_mag.exp() + self.b_mag
+        return xw + b_gate, xw * r_mag.exp() + b_mag
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """Gate pre-activations π_gate [B, d_sae] (what decides firing)."""
         return self._paths(x)[0]
 
     def encode_flat(self, x: Tensor) -> Encoding:
-        """x [B, d_in] -> Encoding(f = 1[π_gate > 0] ⊙ ReLU(π_mag), pre = π_gate)."""
-        pi_gate, pi_mag = self._paths(x)
-        return Encoding((pi_gate > 0) * pi_mag.relu(), pi_gate)
+        """x [B, d_in] -> Encoding(f = 1[π_gate > 0] ⊙ ReLU(π_mag), pre = π_gate).
+
+        Sparse path: the entries are the open gates (π_gate > 0); f, the L1 term and the
+        auxiliary reconstruction all vanish elsewhere, and so do their gradients."""
+        xw, code = self.sparse_pre_acts(x, lambda xw: xw > -self.b_gate, None)
+        if code is None:
+            pi_gate, pi_mag = self._both(xw)
+            return Encoding((pi_gate > 0) * pi_mag.relu(), pi_gate)
+        gate, mag = self._both(code.values, code.indices)
+        code = code._replace(values=mag.relu())
+        return Encoding(None, xw + self.b_gate, sparse=code, sparse_pre=gate)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
-        gate = enc.pre.relu()  # ReLU(π_gate)
-        x_hat_frozen = gate @ self.W_dec.detach() + self.b_dec.detach()
+        if enc.sparse is None:
+            gate = enc.pre.relu()  # ReLU(π_gate)
+            l1 = gate.sum(dim=-1).mean()
+            x_hat_frozen = gate @ self.W_dec.detach() + self.b_dec.detach()
+        else:                      # the open gates: ReLU(π_gate) = π_gate there, 0 elsewhere
+            l1 = enc.sparse_pre.sum() / x.shape[0]
+            x_hat_frozen = decode_code(enc.sparse._replace(values=enc.sparse_pre),
+                                       self.W_dec.detach(), self.b_dec.detach())
         return {
             "mse": mse(x_hat, x),
-            "l1": self.sparsity_warmup * self.l1_coeff * gate.sum(dim=-1).mean(),
+            "l1": self.sparsity_warmup * self.l1_coeff * l1,
             "aux": mse(x_hat_frozen, x),
         }
 

@@ -50,9 +50,12 @@ def _integer(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay_frac,
                     sparsity_warmup_frac, b_dec_init, grad_clip, dead_window, log_every,
-                    seed) -> int | None:
+                    seed, precision="fp32") -> int | None:
     """Refuse, before anything changes, a setting that cannot train (NaN, 0 or negative where
     that means nothing). Returns n_tokens as an int (``1e6`` is fine) or None."""
     rules = [  # (name, value, is it usable?, what to pass instead)
@@ -62,10 +65,10 @@ def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay
         ("batch_size", batch_size, _integer(batch_size) and batch_size >= 1,
          "an integer >= 1 (rows per Adam step), e.g. 1024"),
         ("lr", lr, lr is None or (_real(lr) and lr > 0),
-         "a finite number > 0 such as 1e-3, or None for default_lr(d_sae)"),
+         "a finite number > 0 such as 1e-3, or None for train.default_lr(d_in, d_sae, n_steps)"),
         ("betas", betas, isinstance(betas, (tuple, list)) and len(betas) == 2
          and all(_real(b) and 0 <= b < 1 for b in betas),
-         "two numbers in [0, 1), e.g. the default (0.9, 0.999)"),
+         "two numbers in [0, 1), e.g. the default (0.8, 0.999)"),
         ("lr_warmup_steps", lr_warmup_steps, lr_warmup_steps is None
          or (_integer(lr_warmup_steps) and lr_warmup_steps >= 0),
          "an integer >= 0, or None for 5% of the steps (at most 1000)"),
@@ -84,6 +87,12 @@ def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay
         ("log_every", log_every, log_every is None or (_integer(log_every) and log_every >= 1),
          "an integer >= 1 (steps), or None for about 200 points per run"),
         ("seed", seed, _integer(seed), "an integer"),
+        ("precision", precision, isinstance(precision, str) and precision in PRECISIONS,
+         "'fp32' (the default) or 'bf16' (bfloat16 autocast for the forward and backward passes, "
+         "float32 weights and Adam state)" + (
+             ". float16 is not offered: its 5-bit exponent overflows and underflows in SAE "
+             "training (bfloat16 has float32's range)" if str(precision).lower() in
+             ("fp16", "float16", "half", "torch.float16") else "")),
     ]
     for name, value, ok, use in rules:
         if not ok:
@@ -102,8 +111,7 @@ def check_sae(sae: object) -> None:
                 f"The SAE's weights are float16 ({name}): Adam's updates overflow and underflow in "
                 "float16, and training ends in NaN. Train float32 weights (the default; sae.float()"
                 ") or bfloat16 ones (dtype=torch.bfloat16). For mixed-precision speed keep float32 "
-                "weights and call train_sae inside torch.autocast(device_type, "
-                "dtype=torch.bfloat16).")
+                "weights and pass train_sae(..., precision='bf16').")
         if not torch.isfinite(p).all():
             raise ValueError(f"The SAE's {name} already holds NaN/inf before training (e.g. left "
                              "by a run that diverged); training cannot repair it. Build a new SAE.")
@@ -150,7 +158,7 @@ def step_is_sound(loss: Tensor, grad_norm: Tensor | None, limit: float) -> bool:
 
 
 def diverged(out, x: Tensor, sae: BaseSAE, *, step: int, tokens: int, scale: float, lr: float,
-             default: float, limit: float, history) -> TrainingDiverged:
+             limit: float, history) -> TrainingDiverged:
     """The error for a step that failed ``_step_is_sound``: which term, where, and what to try.
     x [B, d_in] is the batch in training units (scaled, in the SAE's dtype)."""
     terms = {name: float(value.detach()) for name, value in out.losses.items()}
@@ -173,11 +181,10 @@ def diverged(out, x: Tensor, sae: BaseSAE, *, step: int, tokens: int, scale: flo
         tries[0] = (f"smaller activations: ||x||² overflows float32 (largest |x| is {largest:.3g}"
                     "); scale them down or keep normalize=True")
     elif step > 0:  # no update has happened at step 0, so the lr cannot be the cause there
-        tries.insert(0, f"a lower lr (this run: lr={lr:.3g}; default_lr(d_sae) = "
-                        f"{default:.3g})")
+        tries.insert(0, f"a lower lr (this run: lr={lr:.3g})")
     if sae.W_dec.dtype != torch.float32:
-        tries.append(f"float32 weights instead of {dtype} (sae.float(); for speed, bfloat16 "
-                     "autocast around train_sae)")
+        tries.append(f"float32 weights instead of {dtype} (sae.float(); for speed, "
+                     "train_sae(..., precision='bf16'))")
     terms_text = ", ".join(f"{name}={value:.3g}" for name, value in terms.items())
     return TrainingDiverged(
         f"Training diverged at step {step} (after {tokens:,} tokens): {what} ({terms_text}). "

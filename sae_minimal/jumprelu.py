@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import BaseSAE, Encoding, check_coeff, mse
-from .kernels import jumprelu_l0
+from .kernels import SparseCode, flat_entries, jumprelu_l0
 
 
 def jumprelu(z: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -76,10 +76,40 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
 
     def encode_flat(self, x: Tensor) -> Encoding:
         """x [B, d_in] -> Encoding(latents = JumpReLU_θ(pre), pre,
-        l0 = Σ_i H(pre_i - θ_i) per row)."""
-        pre = self.pre_acts(x)
-        latents, l0_rows = jumprelu_l0(pre, self.threshold, self.bandwidth)
-        return Encoding(latents, pre, l0=l0_rows)
+        l0 = Σ_i H(pre_i - θ_i) per row).
+
+        Sparse path: the code holds the latents that fired (pre > θ), whose pre-activations get
+        gradient H(z - θ) = 1. The STE also gives θ a gradient from the latents in the kernel's
+        window below θ (θ - ε/2 < pre <= θ), which did not fire: they are decoded with value 0
+        (``Encoding.probe``), which gives each its ∂L/∂f, and that gradient goes to θ alone. A
+        window entry costs one dot product (d_in multiply-adds), a fired one about four.
+        """
+        theta = self.threshold
+        pre, code = self.sparse_pre_acts(x, lambda pre: pre > theta, self.b_enc)
+        if code is not None:
+            with torch.no_grad():             # θ - ε/2 < z <= θ, as flat indices
+                z, d_sae = pre.detach().view(-1), self.d_sae
+                window = (pre.detach() > theta - self.bandwidth / 2).view(-1).nonzero()[:, 0]
+                window = window[z[window] <= theta[window % d_sae]]
+            if len(window) > z.numel() / 4:  # ε wide against the pre-activations' spread:
+                code = None                    # the dense estimator, without a list of entries
+        if code is None:
+            latents, l0_rows = jumprelu_l0(pre, theta, self.bandwidth)
+            return Encoding(latents, pre, l0=l0_rows)
+        rows, indices, offsets = flat_entries(window, *pre.shape)
+        probe = SparseCode(z[window], indices, rows, offsets)
+        code, fired = self._jump(code, theta)
+        probe, fired_below = self._jump(probe, theta)    # values all 0, with θ's STE gradient
+        l0_rows = pre.new_zeros(x.shape[0]).index_add(0, code.rows, fired)
+        return Encoding(None, pre, l0=l0_rows.index_add(0, probe.rows, fired_below), sparse=code,
+                        probe=probe)
+
+    def _jump(self, entries: SparseCode, theta: Tensor) -> tuple[SparseCode, Tensor]:
+        """``jumprelu_l0`` on a code's entries, each against its latent's θ: (the code with values
+        JumpReLU_θ(z), each entry's step H(z - θ) [nnz])."""
+        f, fired = jumprelu_l0(entries.values[:, None], theta[entries.indices][:, None],
+                               self.bandwidth)
+        return entries._replace(values=f[:, 0]), fired
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         return {"mse": mse(x_hat, x), "l0": self.sparsity_warmup * self.l0_coeff * enc.l0.mean()}

@@ -4,28 +4,62 @@ Each function here equals a plain formula, written in its docstring, and a test 
 there): the variant files call these where the fast path applies and say which formula they stand
 for.
 
-    encoder_pre_acts   (x - b_dec) @ W_enc + b_enc, with b_dec folded into the bias
-    sparse_decode      Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec): decode k latents,
-                       not d_sae
-    topk_encode        TopK of the pre-activations, with a backward that touches only the
-                       selected columns
-    jumprelu_l0        JumpReLU and its L0 count in one pass, with the straight-through
-                       threshold gradients
+    encoder_pre_acts      (x - b_dec) @ W_enc + b_enc, with b_dec folded into the bias
+    sparse_encode         the same pre-activations, plus the entries a rule keeps (ReLU > 0, TopK,
+                          BatchTopK, JumpReLU > θ, an open gate) as a SparseCode whose backward
+                          touches only those entries (W_enc's gradient from nnz columns, not B)
+    sparse_decode         Σ_e values_e · W_dec[indices_e] (+ b_dec): decode the entries, not d_sae
+    code_t_matmul         Zᵀ @ source for a code Z kept as entries: W_enc's and W_dec's gradients
+    sparse_prefix_decode  Matryoshka's nested reconstructions Z[:, :m] @ W_dec[:m] in one pass
+    flat_entries, topk_entries, batch_topk_entries
+                          which entries a code keeps (BatchTopK's without a sort of B·d_sae values)
+    jumprelu_l0           JumpReLU and its L0 count in one pass, with the straight-through
+                          threshold gradients (per latent, or per entry of a SparseCode)
 
-SPARSE_DECODE_MAX_FRACTION is the measured k / d_sae below which decoding sparsely pays on a CPU.
+Sparse or dense is decided per batch: a code whose density (kept entries / all B·d_sae) is at most
+``sparse_max_density(device)`` takes the sparse path. That crossover depends on the device: the
+CPU's is measured (``SPARSE_MAX_DENSITY``), any other device type measures its own on first use
+(``measure_sparse_crossover``, about a second on a GPU).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+import statistics
+import time
+import warnings
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-# Sparse decoding wins once few enough latents are active; measured crossover on a 2-core CPU
-# (benchmarks/bench_train.py --decode, d_in 768, k 32): 0.9x at k/d_sae = 1/16, 2.0x at 1/32,
-# 15x at 1/768.
-SPARSE_DECODE_MAX_FRACTION = 1 / 32
+# Code density (kept entries / all entries) up to which the sparse path beats the dense matmuls,
+# per device type. "cpu" was measured on the 2-core CI machine with measure_sparse_crossover()
+# (python benchmarks/bench_train.py --crossover; a ReLU SAE step at d_in 768, d_sae 16384, batch
+# 2048: sparse 1.2x faster at density 1/16, 0.64x at 1/8). Other device types measure theirs on
+# first use; set an entry to override it (0 = never sparse), or to skip the measurement.
+SPARSE_MAX_DENSITY: dict[str, float] = {"cpu": 0.088}
+# An entry's gradient alone (one dot product, the decoder backward's share of an entry's four
+# passes) is worth computing entry by entry up to about a third of that density; beyond it (a wide
+# JumpReLU window), one dense product grad_x̂ @ W_decᵀ is cheaper (CPU, 768 x 24576: 730k dots
+# took longer than the product).
+DOT_SHARE = 1 / 3
+
+
+def sparse_max_density(device: torch.device | str) -> float:
+    """The density up to which the sparse paths pay on ``device``'s type (measured once per
+    process for a type not in SPARSE_MAX_DENSITY)."""
+    kind = torch.device(device).type
+    if kind not in SPARSE_MAX_DENSITY:
+        try:
+            SPARSE_MAX_DENSITY[kind] = measure_sparse_crossover(device)
+        except (RuntimeError, NotImplementedError) as e:   # an op missing on this backend
+            warnings.warn(f"Could not measure the sparse/dense crossover on {kind} ({e}); "
+                          "using the dense path there.", stacklevel=2)
+            SPARSE_MAX_DENSITY[kind] = 0.0
+    return SPARSE_MAX_DENSITY[kind]
 
 
 def encoder_pre_acts(x: Tensor, W_enc: Tensor, b_enc: Tensor | None,
@@ -47,83 +81,283 @@ def _folded_bias(W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None) -> T
     return bias - b_dec @ W_enc if b_dec is not None else bias
 
 
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor,
-                  b_dec: Tensor | None = None) -> Tensor:
-    """indices, values [B, k] -> x̂ [B, d_in] = Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec).
+# --- a code kept as its entries -------------------------------------------------------------------
+class SparseCode(NamedTuple):
+    """A code Z [B, d_sae] kept as its entries, row by row (ascending latent within a row); every
+    other entry of Z is zero. ``offsets`` is what ``F.embedding_bag`` calls offsets."""
 
-    Equals ``zeros(B, d_sae).scatter(-1, indices, values) @ W_dec + b_dec``, forward and backward
-    (tests/test_kernels.py::test_sparse_decode_equals_dense_forward_and_gradients). An embedding-bag
-    lookup: B·k·d_in multiply-adds instead of B·d_sae·d_in, and its backward writes gradient only
-    into the selected rows of W_dec (and into values).
+    values: Tensor
+    """[nnz] Z at the entries (differentiable)."""
+    indices: Tensor
+    """[nnz] the latent of each entry."""
+    rows: Tensor
+    """[nnz] the input row of each entry (non-decreasing)."""
+    offsets: Tensor
+    """[B] where each row's entries start in the three arrays above."""
+
+    def dense(self, d_sae: int) -> Tensor:
+        """Z [B, d_sae], detached (for metrics and the outputs, not for gradients)."""
+        Z = self.values.new_zeros(len(self.offsets), d_sae)
+        return Z.index_put_((self.rows, self.indices), self.values.detach())
+
+
+def code_t_matmul(indices: Tensor, rows: Tensor, weights: Tensor, source: Tensor,
+                  n_latents: int) -> Tensor:
+    """Zᵀ @ source [n_latents, d] for the code Z [B, n_latents] with Z[rows_e, indices_e] +=
+    weights_e, and source [B, d]: row j of the result is Σ_{e: indices_e = j} weights_e ·
+    source[rows_e].
+
+    Equals ``zeros(B, n).index_put((rows, indices), weights, accumulate=True).T @ source``
+    (tests/test_kernels.py::test_code_t_matmul_equals_the_dense_product). The entries are grouped
+    by latent and each group summed by one embedding-bag call: nnz·d multiply-adds, no [nnz, d]
+    copy of the gathered rows (the gradients of W_enc and W_dec of a sparse code are this product).
     """
-    out = torch.nn.functional.embedding_bag(indices, W_dec,
-                                            per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    order = indices.sort(stable=True).indices       # stable: a radix sort for integers
+    counts = torch.bincount(indices, minlength=n_latents)
+    return F.embedding_bag(rows[order], source, counts.cumsum(0) - counts,
+                           per_sample_weights=weights[order].to(source.dtype), mode="sum")
+
+
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor | None = None,
+                  *, offsets: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    """x̂ [B, d_in] = Σ_j values[:, j] · W_dec[indices[:, j]] (+ b_dec) for indices, values
+    [B, k]; or, with ``offsets`` and ``rows`` (a SparseCode's), for flat entries [nnz].
+
+    Equals ``Z @ W_dec + b_dec`` with Z the dense code, forward and backward
+    (tests/test_kernels.py::test_sparse_decode_*): an embedding-bag lookup, nnz·d_in multiply-adds
+    instead of B·d_sae·d_in. Its backward computes each entry's gradient
+    grad_x̂[row]·W_dec[index] and W_dec's gradient Zᵀ @ grad_x̂ (``code_t_matmul``) from the
+    entries: rows of W_dec that no entry used get a zero gradient, at no cost.
+    """
+    if offsets is None:                          # [B, k]: every row keeps k entries
+        B, k = indices.shape
+        rows = torch.arange(B, device=indices.device).repeat_interleave(k)
+        offsets = torch.arange(0, B * k, k, device=indices.device)
+        indices, values = indices.reshape(-1), values.reshape(-1)
+    out = _SparseDecode.apply(indices, values.to(W_dec.dtype), W_dec, offsets, rows)
     return out + b_dec if b_dec is not None else out
 
 
-class TopKCode(NamedTuple):
-    """What ``topk_encode`` returns."""
-
-    values: Tensor
-    """[B, k] ReLU of the k largest pre-activations of each row (differentiable)."""
-    indices: Tensor
-    """[B, k] which latents they are (no gradient)."""
-    pre: Tensor
-    """[B, d_sae] all pre-activations (differentiable: AuxK reads the dead latents' ones)."""
+def decode_code(code: SparseCode, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+    """x̂ [B, d_in] = Z @ W_dec (+ b_dec) for a SparseCode Z (``sparse_decode``)."""
+    return sparse_decode(code.indices, code.values, W_dec, b_dec, offsets=code.offsets,
+                         rows=code.rows)
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int) -> TopKCode:
-    """pre = (x - b_dec) @ W_enc + b_enc; (values, indices) = ReLU(TopK_k(pre)) per row.
-
-    Equals ``encoder_pre_acts`` followed by ``pre.topk(k)`` and a ReLU, forward and backward
-    (tests/test_kernels.py::test_topk_encode_*); only the backward differs in cost, see _TopKEncode.
-    """
-    return TopKCode(*_TopKEncode.apply(x, W_enc, _folded_bias(W_enc, b_enc, b_dec), k))
-
-
-class _TopKEncode(torch.autograd.Function):
-    """pre = x @ W_enc + bias, then the TopK selection: (values [B, k], indices [B, k],
-    pre [B, d_sae]).
-
-    Backward: when nothing downstream used ``pre`` itself (AuxK idle), the loss depends on the k
-    selected pre-activations per row only, so W_enc's gradient is accumulated from those B·k columns
-    (B·k·d_in work) instead of the dense x^T @ G matmul (B·d_in·d_sae). When AuxK did use ``pre``,
-    the gradient is dense anyway and the ordinary matmul is used.
-    """
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor, offsets: Tensor,
+                rows: Tensor):
+        ctx.save_for_backward(indices, values, W_dec, offsets, rows)
+        n = len(indices)        # entries of value 0 (JumpReLU's window) only need a gradient
+        values, indices, rows = _without_zeros(values, indices, rows)
+        if len(indices) == 0:
+            return W_dec.new_zeros(len(offsets), W_dec.shape[1])
+        if len(indices) < n:
+            counts = torch.bincount(rows, minlength=len(offsets))
+            offsets = counts.cumsum(0) - counts
+        return F.embedding_bag(indices, W_dec, offsets, per_sample_weights=values, mode="sum")
 
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, bias: Tensor, k: int):
-        pre = torch.addmm(bias, x, W_enc)
-        values, indices = pre.topk(k, dim=-1, sorted=False)
-        values = values.relu()
-        ctx.save_for_backward(x, W_enc, indices, values > 0)
-        ctx.mark_non_differentiable(indices)
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        indices, values, W_dec, offsets, rows = ctx.saved_tensors
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[1]:   # ∂x̂[row]/∂values_e = W_dec[index_e]: one dot per entry,
+            B, d_sae = len(offsets), W_dec.shape[0]    # or, for many entries, one dense product
+            if len(indices) > DOT_SHARE * sparse_max_density(W_dec.device) * B * d_sae:
+                grad_values = (grad_out @ W_dec.T).view(-1)[rows * d_sae + indices]
+            else:
+                grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                    grad_out.contiguous(), W_dec, indices, offsets, rows, 0, -1)
+        if ctx.needs_input_grad[2]:    # entries of value 0 (JumpReLU's window) add nothing
+            values, indices, rows = _without_zeros(values, indices, rows)
+            if len(indices):
+                grad_W = code_t_matmul(indices, rows, values, grad_out.contiguous(),
+                                       W_dec.shape[0])
+        return None, grad_values, grad_W, None, None
+
+
+def _without_zeros(key: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    """(key, *others) restricted to the entries where key != 0 (all of them, uncopied, if none
+    is 0)."""
+    kept = key != 0
+    if bool(kept.all()):
+        return (key, *others)
+    if not bool(kept.any()):
+        return tuple(t[:0] for t in (key, *others))
+    return tuple(t[kept] for t in (key, *others))
+
+
+def sparse_prefix_decode(code: SparseCode, W_dec: Tensor, b_dec: Tensor,
+                         prefix_sizes: list[int]) -> Tensor:
+    """[B, n, d_in]: x̂_j = Z[:, :m_j] @ W_dec[:m_j] + b_dec for the n prefix sizes m_1 < ... < m_n
+    (entries of latents >= m_n play no part).
+
+    Equals ``stack([Z[:, :m] @ W_dec[:m] + b_dec for m in prefix_sizes], 1)``, forward and backward
+    (tests/test_kernels.py::test_sparse_prefix_decode_*): the entries are decoded once, each into
+    the bag of its (row, group between two prefix sizes), and a cumulative sum over the groups
+    gives every prefix -- instead of one dense matmul per group.
+    """
+    B, n = len(code.offsets), len(prefix_sizes)
+    values, indices, rows = code.values, code.indices, code.rows
+    inside = indices < prefix_sizes[-1]                          # latents past m_n play no part
+    values, indices, rows = values[inside], indices[inside], rows[inside]
+    bounds = torch.tensor(prefix_sizes, device=indices.device)
+    group = torch.bucketize(indices, bounds, right=True)         # first j with index < m_j
+    bags = rows * n + group                                      # non-decreasing: rows are sorted
+    counts = torch.bincount(bags, minlength=B * n)
+    parts = sparse_decode(indices, values, W_dec, offsets=counts.cumsum(0) - counts, rows=bags)
+    return parts.reshape(B, n, -1).cumsum(1) + b_dec
+
+
+# --- encoding into a SparseCode -----------------------------------------------------------------
+Select = Callable[[Tensor], Tensor]
+"""pre [B, d_sae] -> the entries to keep: a bool mask [B, d_sae], or ascending flat indices into
+pre.view(-1)."""
+
+
+def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None,
+                  select: Select, max_density: float) -> tuple[Tensor, SparseCode | None]:
+    """pre = (x - b_dec) @ W_enc + b_enc [B, d_sae], and the entries ``select(pre)`` keeps as a
+    SparseCode with values pre[entries] -- or None when they are more than ``max_density`` of
+    all B·d_sae entries (then use pre, the dense path).
+
+    Equals ``encoder_pre_acts`` and ``pre[mask]``, forward and backward
+    (tests/test_kernels.py::test_sparse_encode_*). Only the backward differs in cost: when the loss
+    reached pre only through the entries' values, W_enc's gradient is accumulated from those nnz
+    entries (``code_t_matmul``, nnz·d_in work) instead of the dense xᵀ @ G (B·d_in·d_sae). A term
+    that used pre itself (AuxK) gives a dense gradient; if that too is non-zero on at most
+    ``max_density`` of the entries (AuxK's k_aux per row), its entries join the sparse product.
+    """
+    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)   # the matmuls in autocast's precision:
+        x, W_enc, b_enc, b_dec = (t.to(dtype) if t is not None else None   # cast here, as
+                                  for t in (x, W_enc, b_enc, b_dec))         # autocast would
+    pre, values, indices, rows, offsets = _SparseEncode.apply(x, W_enc, b_enc, b_dec, select,
+                                                              max_density)
+    return pre, (SparseCode(values, indices, rows, offsets) if values is not None else None)
+
+
+class _SparseEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor | None,
+                select: Select, max_density: float):
+        pre = torch.addmm(_folded_bias(W_enc, b_enc, b_dec), x, W_enc)
         ctx.set_materialize_grads(False)
-        return values, indices, pre
+        ctx.max_density = max_density
+        ctx.save_for_backward(x, W_enc, b_dec)
+        ctx.entries = None
+        B, d_sae = pre.shape
+        keep = select(pre)
+        if keep.dtype == torch.bool:
+            if int(torch.count_nonzero(keep)) > max_density * keep.numel():
+                return pre, None, None, None, None
+            keep = keep.view(-1).nonzero().squeeze(1)
+        elif keep.numel() > max_density * pre.numel():
+            return pre, None, None, None, None
+        rows, indices, offsets = flat_entries(keep, B, d_sae)
+        ctx.entries = rows, indices
+        ctx.mark_non_differentiable(indices, rows, offsets)
+        return pre, pre.view(-1)[keep], indices, rows, offsets
 
     @staticmethod
-    def backward(ctx, grad_values, grad_indices, grad_pre):
-        x, W_enc, indices, active = ctx.saved_tensors
-        d_sae = W_enc.shape[1]
-        g_sel = grad_values * active if grad_values is not None else None     # [B, k]: ReLU's mask
-        if grad_pre is not None:                                             # dense: AuxK used pre
-            G = grad_pre.clone() if g_sel is None else grad_pre.scatter_add(1, indices, g_sel)
-            grad_W = x.T @ G if ctx.needs_input_grad[1] else None
-            grad_x = G @ W_enc.T if ctx.needs_input_grad[0] else None
-            return grad_x, grad_W, G.sum(0), None
-        if g_sel is None:
-            return None, None, None, None
-        flat_idx, flat_g = indices.reshape(-1), g_sel.reshape(-1)          # [B·k]
-        grad_bias = g_sel.new_zeros(d_sae).index_add_(0, flat_idx, flat_g)
-        grad_W = None
-        if ctx.needs_input_grad[1]:  # grad_W[:, j] = Σ_{(b,i): idx=j} g[b,i] · x[b]
-            rows_BK_D = x.repeat_interleave(indices.shape[1], dim=0) * flat_g[:, None]
-            grad_W = x.new_zeros(d_sae, x.shape[1]).index_add_(0, flat_idx, rows_BK_D).T
-        grad_x = (sparse_decode(indices, g_sel, W_enc.T.contiguous())
-                  if ctx.needs_input_grad[0] else None)
-        return grad_x, grad_W, grad_bias, None
+    @once_differentiable
+    def backward(ctx, grad_pre, grad_values, _indices, _rows, _offsets):
+        """The gradients of pre = (x - b_dec) @ W_enc + b_enc, given G = ∂L/∂pre as a dense
+        grad_pre and/or the entries' grad_values: W_enc: (x - b_dec)ᵀ G; b_enc: Σ_b G;
+        b_dec: -W_enc @ Σ_b G (a vector product, no [B, d_in] intermediate); x: G @ W_encᵀ."""
+        x, W_enc, b_dec = ctx.saved_tensors
+        need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
+        B, d_sae = x.shape[0], W_enc.shape[1]
+        rows, indices = ctx.entries if ctx.entries is not None else (None, None)
+        if grad_pre is not None and rows is not None:    # AuxK used pre: is its gradient sparse?
+            if int(torch.count_nonzero(grad_pre)) <= ctx.max_density * grad_pre.numel():
+                more = grad_pre.view(-1).nonzero().squeeze(1)
+                more_rows, more_indices, _ = flat_entries(more, B, d_sae)
+                g_more = grad_pre.view(-1)[more]
+                if grad_values is None:                   # the code's values were not used
+                    rows, indices, grad_values = more_rows, more_indices, g_more
+                else:
+                    rows, indices = torch.cat([rows, more_rows]), torch.cat([indices, more_indices])
+                    grad_values = torch.cat([grad_values, g_more])
+                grad_pre = None
+        if grad_pre is None and grad_values is None:
+            return None, None, None, None, None, None
+        centred = x - b_dec if b_dec is not None else x
+        if grad_pre is not None:                          # the dense backward of addmm
+            G = grad_pre
+            if grad_values is not None:
+                G = grad_pre.index_put((rows, indices), grad_values, accumulate=True)
+            g_sum = G.sum(0)
+            grad_W = centred.T @ G if need_W else None
+            grad_x = G @ W_enc.T if need_x else None
+        else:
+            # entries without gradient (JumpReLU's window) add nothing
+            g, indices, rows = _without_zeros(grad_values, indices, rows)
+            g_sum = g.new_zeros(d_sae).index_add_(0, indices, g)
+            grad_W = code_t_matmul(indices, rows, g, centred, d_sae).T if need_W else None
+            grad_x = (code_t_matmul(rows, indices, g, W_enc.T.contiguous(), B)
+                      if need_x else None)                # Z @ W_encᵀ = (Zᵀ)ᵀ @ W_encᵀ
+        grad_b_dec = -(W_enc @ g_sum.to(W_enc.dtype)) if need_b_dec else None
+        return grad_x, grad_W, g_sum if need_b_enc else None, grad_b_dec, None, None
 
 
+def flat_entries(flat: Tensor, B: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Ascending flat indices into a [B, d_sae] code -> (rows, indices, offsets) of a
+    SparseCode."""
+    rows = torch.div(flat, d_sae, rounding_mode="floor")
+    counts = torch.bincount(rows, minlength=B)
+    return rows, flat - rows * d_sae, counts.cumsum(0) - counts
+
+
+def topk_entries(pre: Tensor, k: int) -> Tensor:
+    """Ascending flat indices of the entries TopK keeps: the k largest of each row of pre
+    [B, d_sae], the positive ones (ReLU(TopK_k(pre)) is zero elsewhere)."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    base = torch.arange(pre.shape[0], device=pre.device)[:, None] * pre.shape[1]
+    flat = indices + base
+    positive = values > 0
+    return (flat if bool(positive.all()) else flat[positive]).view(-1).sort().values
+
+
+def batch_topk_entries(pre: Tensor, k: int) -> Tensor:
+    """Ascending flat indices of the k·B largest entries of ReLU(pre) [B, d_sae] over the whole
+    batch, the positive ones: ``relu(pre).flatten().topk(k * B)``'s positive picks, sorted.
+
+    Fast path (tests/test_kernels.py::test_batch_topk_entries_*): a threshold t read off a sample
+    of ~65k entries sits below the (k·B)-th largest value; the top k·B of the entries above t are
+    the top k·B of all, so the selection runs on ~2·k·B survivors instead of B·d_sae values
+    (a full topk over 4096 x 4096 entries is a large part of a CPU step). When fewer than k·B
+    entries pass t (an unlucky sample), it falls back to all of them: the result is always exact.
+    """
+    flat = pre.reshape(-1)
+    n, n_keep = flat.numel(), min(k * pre.shape[0], flat.numel())
+    candidates = None
+    if n >= 64 * n_keep and n >= 2**17:
+        candidates = (flat > _sampled_threshold(flat, n_keep, pre.shape[1])).nonzero().squeeze(1)
+        if len(candidates) < n_keep:
+            candidates = None
+    if candidates is None:
+        values, picked = flat.topk(n_keep, sorted=False)
+    else:
+        values, picked = flat[candidates].topk(n_keep, sorted=False)
+        picked = candidates[picked]
+    return picked[values > 0].sort().values
+
+
+def _sampled_threshold(flat: Tensor, n_keep: int, d_sae: int) -> Tensor:
+    """A value that about 2·n_keep entries of ``flat`` exceed, read off a sample of ~65k of them
+    (a stride coprime to d_sae, so that every latent's column is sampled)."""
+    stride = flat.numel() // 2**16 | 1
+    while math.gcd(stride, d_sae) != 1:
+        stride += 2
+    sample = flat[::stride]
+    rank = min(len(sample), 2 * math.ceil(n_keep * len(sample) / flat.numel()) + 32)
+    return sample.topk(rank).values[-1]
+
+
+# --- JumpReLU -------------------------------------------------------------------------------------
 class JumpReLUCode(NamedTuple):
     """What ``jumprelu_l0`` returns."""
 
@@ -142,8 +376,10 @@ def jumprelu_l0(z: Tensor, threshold: Tensor, bandwidth: float) -> JumpReLUCode:
         ∂/∂z H        = 0                 ∂/∂θ H        := -(1/ε) · K((z - θ)/ε)
 
     One mask and one kernel evaluation serve both outputs, halving the elementwise passes over
-    [B, d_sae]. Tests: tests/test_kernels.py::test_jumprelu_l0_* (forward, gradcheck in z, and the
-    θ gradients against the formulas above).
+    [B, d_sae]. θ may also have z's shape (one threshold per entry: the sparse path passes
+    z [nnz, 1] and θ[indices] [nnz, 1], and gets each entry's step as ``l0`` [nnz]).
+    Tests: tests/test_kernels.py::test_jumprelu_l0_* (forward, gradcheck in z, and the θ
+    gradients against the formulas above).
     """
     return JumpReLUCode(*_JumpReLUWithL0.apply(z, threshold, bandwidth))
 
@@ -162,10 +398,63 @@ class _JumpReLUWithL0(torch.autograd.Function):
         eps = ctx.bandwidth
         near = (z - threshold).abs() < eps / 2             # K((z - θ)/ε) for the rectangle kernel
         # d out/dθ = -(θ/ε)·K and d L0/dθ = -(1/ε)·K, chained with their incoming gradients
-        per_row = near * (threshold * grad_out + grad_l0[..., None])
-        grad_threshold = per_row.sum(dim=tuple(range(z.ndim - 1)))
+        per_entry = near * (threshold * grad_out + grad_l0[..., None])
+        grad_threshold = per_entry.sum_to_size(threshold.shape)
         return grad_out * mask, -grad_threshold / eps, None
 
 
-__all__ = ["SPARSE_DECODE_MAX_FRACTION", "encoder_pre_acts", "sparse_decode", "TopKCode",
-           "topk_encode", "JumpReLUCode", "jumprelu_l0"]
+# --- the crossover ------------------------------------------------------------------------------
+def measure_sparse_crossover(device: torch.device | str, *, d_in: int = 768, d_sae: int = 16384,
+                             batch: int = 2048, repeats: int = 3, verbose: bool = False) -> float:
+    """The code density below which a ReLU SAE's sparse forward + backward (``sparse_encode``,
+    ``decode_code``) beats the dense one on ``device``: both are timed at densities 1/1024 ...
+    1/2; returns the geometric middle between the last density where sparse wins and the first
+    where it loses (0 if it never wins, 1/2 if it always does). fp32, outside any autocast;
+    ``verbose`` prints the times."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, d_in, generator=gen).to(device)
+    W_enc = (torch.randn(d_in, d_sae, generator=gen) / d_in**0.5).to(device).requires_grad_()
+    W_dec = W_enc.detach().T.contiguous().requires_grad_()
+    b_enc = torch.zeros(d_sae, device=device, requires_grad=True)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def step(threshold: float, sparse: bool) -> None:
+        pre, code = sparse_encode(x, W_enc, b_enc, None, lambda p: p > threshold,
+                                  1.0 if sparse else -1.0)
+        x_hat = decode_code(code, W_dec) if sparse else (pre * (pre > threshold)) @ W_dec
+        (x_hat - x).pow(2).sum().backward()
+
+    def seconds(threshold: float, sparse: bool) -> float:
+        step(threshold, sparse)                     # warm-up
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            step(threshold, sparse)
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        sample = (x[:256] @ W_enc.detach()).flatten()
+        last_win = 0.0
+        for density in [2.0**-e for e in range(10, 0, -1)]:
+            threshold = float(sample.quantile(1 - density))
+            sparse, dense = seconds(threshold, True), seconds(threshold, False)
+            if verbose:
+                print(f"density {density:.4f}: sparse {sparse * 1e3:7.1f} ms, "
+                      f"dense {dense * 1e3:7.1f} ms ({dense / sparse:.2f}x)")
+            if sparse >= dense:
+                return math.sqrt(last_win * density) if last_win else 0.0
+            last_win = density
+    return 0.5
+
+
+__all__ = ["SPARSE_MAX_DENSITY", "sparse_max_density", "encoder_pre_acts", "SparseCode",
+           "code_t_matmul", "sparse_decode", "decode_code", "sparse_prefix_decode",
+           "sparse_encode", "flat_entries", "topk_entries", "batch_topk_entries", "JumpReLUCode",
+           "jumprelu_l0", "measure_sparse_crossover"]

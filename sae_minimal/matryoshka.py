@@ -14,7 +14,8 @@ they learn coarse, general features; later ones add detail instead of splitting 
 (less feature absorption).
 
 The prefix reconstructions are built incrementally, group by group, so the extra cost over a plain
-SAE is one small matmul per prefix, not one full decode per prefix.
+SAE is one small matmul per prefix, not one full decode per prefix; on the sparse path, one decode
+of the active entries gives them all (``kernels.sparse_prefix_decode``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from .base import Encoding, mse
 from .batchtopk import BatchTopKSAE
+from .kernels import sparse_prefix_decode
 from .topk import TopKSAE
 
 
@@ -39,21 +41,24 @@ class _Matryoshka:
         All other arguments go to the SAE class it is combined with.
     """
 
-    # The prefix losses read the dense code: no sparse fast path (see TopKSAE.decode_sparsely).
-    decode_sparsely = False
-
     def __init__(self, d_in: int, d_sae: int, *, prefix_sizes: list[int] | None = None, **kw):
         super().__init__(d_in, d_sae, **kw)
         self.prefix_sizes = check_prefix_sizes(prefix_sizes, d_sae)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         losses = {}
-        recon_BD, start = self.b_dec.expand_as(x), 0
         # the last prefix is the whole dictionary: the parent's "mse"
-        for m in self.prefix_sizes[:-1]:
-            recon_BD = recon_BD + enc.latents[:, start:m] @ self.W_dec[start:m]
-            losses[f"mse_{m}"] = mse(recon_BD, x)
-            start = m
+        if enc.sparse is not None and len(self.prefix_sizes) > 1:   # one pass, every prefix
+            recons = sparse_prefix_decode(enc.sparse, self.W_dec, self.b_dec,
+                                          self.prefix_sizes[:-1])
+            for j, m in enumerate(self.prefix_sizes[:-1]):
+                losses[f"mse_{m}"] = mse(recons[:, j], x)
+        else:
+            recon_BD, start = self.b_dec.expand_as(x), 0
+            for m in self.prefix_sizes[:-1]:
+                recon_BD = recon_BD + enc.latents[:, start:m] @ self.W_dec[start:m]
+                losses[f"mse_{m}"] = mse(recon_BD, x)
+                start = m
         return {**losses, **super().loss_terms(x, x_hat, enc)}
 
     def config(self) -> dict:

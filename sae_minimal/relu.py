@@ -32,8 +32,18 @@ class ReLUSAE(BaseSAE, sae_lens_default=True):
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
+    def encode_flat(self, x: Tensor) -> Encoding:
+        """f = ReLU(pre); once trained, few latents fire, and the code is kept as its positive
+        entries (``kernels.sparse_encode``: the gradient reaches only those)."""
+        pre, code = self.sparse_pre_acts(x, lambda pre: pre > 0, self.b_enc)
+        if code is None:
+            return Encoding(self.activation(pre), pre)
+        return Encoding(None, pre, sparse=code)
+
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
-        l1 = enc.latents.sum(dim=-1).mean()  # latents >= 0, so this is ||f||₁ (unit-norm decoder)
+        # latents >= 0, so this is ||f||₁ (unit-norm decoder), averaged over the batch
+        l1 = (enc.sparse.values.sum() / x.shape[0] if enc.sparse is not None
+              else enc.latents.sum(dim=-1).mean())
         return {"mse": mse(x_hat, x), "l1": self.sparsity_warmup * self.l1_coeff * l1}
 
     def config(self) -> dict:

@@ -2,7 +2,7 @@
 (arXiv:2406.04093).
 
     f = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc))        (eq. 3: keep the k largest, zero the rest)
-    L = ||x - x̂||²  +  α · ||e - ê||²                     (sec. 2.4, AuxK)
+    L = ||x - x̂||²  +  α · ||e - ê||² · Var(x) / Var(e)     (sec. 2.4, AuxK; see auxk_loss)
 
 Sparsity is exact (L0 <= k) and there is no penalty on magnitudes, so no shrinkage. The gradient of
 TopK is the mask itself: selected latents pass gradient like a linear layer, the others get none --
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import BaseSAE, Encoding, check_coeff, mse
-from .kernels import SPARSE_DECODE_MAX_FRACTION, sparse_decode, topk_encode
+from .kernels import sparse_decode, sparse_max_density, topk_entries
 
 
 def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -60,10 +60,20 @@ def check_count(name: str, value: float) -> int:
 
 def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
               coeff: float) -> Tensor:
-    """AuxK (Gao et al. 2024, sec. 2.4): dead latents reconstruct the residual e = x - x̂.
+    """AuxK (Gao et al. 2024, sec. 2.4, and their code): dead latents reconstruct the residual
+    e = x - x̂, with the error measured relative to e's variance,
 
-    x, x_hat [B, d_in]; pre [B, d_sae]. Scaled by min(n_dead / k_aux, 1) so a handful of dead
-    latents gets a proportionally small push (as in SAELens). Returns 0 when no latent is dead.
+        L_aux = α · min(n_dead / k_aux, 1) · ||e - ê||² / Var(e) · Var(x)
+
+    Var(·) sums the squared deviation from the batch mean over dims and averages over the batch,
+    the reduction of ``mse``. Gao et al. divide both their terms by a variance (reconstruction by
+    Var(x), AuxK by Var(e)); our reconstruction term is not divided, so AuxK is multiplied by
+    Var(x) to keep the paper's balance. Normalised, AuxK's pull does not fade as x̂ improves and e
+    shrinks, which is when latents die. min(n_dead / k_aux, 1) (as in SAELens and sparsify) lets
+    the term grow with the number of dead latents instead of switching on at full strength for the
+    first one.
+
+    x, x_hat [B, d_in]; pre [B, d_sae]. Returns 0 when no latent is dead.
     """
     dead = sae.dead_mask()                       # no firing in the last sae.dead_window tokens
     n_dead = int(dead.sum())
@@ -74,7 +84,11 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
     e = (x - x_hat).detach()                     # the main model is not trained by this term
     values, indices = topk_select(dead_pre, k)
     e_hat = sparse_decode(indices, values, sae.W_dec)   # no b_dec: it is already in x_hat
-    return coeff * min(n_dead / k_aux, 1.0) * mse(e_hat, e)
+    var_e = mse(e.mean(0).expand_as(e), e)
+    var_x = mse(x.mean(0).expand_as(x), x).detach()
+    # e constant over the batch (B = 1): no variance to normalise by; then Var(x) = 0 too
+    ratio = torch.where(var_e > 0, var_x / var_e, torch.ones_like(var_e))
+    return coeff * min(n_dead / k_aux, 1.0) * ratio * mse(e_hat, e)
 
 
 class TopKSAE(BaseSAE, sae_lens_default=True):
@@ -89,9 +103,6 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
     """
 
     architecture = "topk"
-    # Decode from the k selected latents (kernels.sparse_decode) instead of the dense code:
-    # None = when k / d_sae <= kernels.SPARSE_DECODE_MAX_FRACTION; True / False force either path.
-    decode_sparsely: bool | None = None
 
     def __init__(self, d_in: int, d_sae: int, *, k: int = 32, k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, dead_window: int = 100_000, **kw):
@@ -105,28 +116,16 @@ class TopKSAE(BaseSAE, sae_lens_default=True):
     def activation(self, pre: Tensor) -> Tensor:
         return topk_relu(pre, self.k)
 
-    def uses_sparse_decode(self) -> bool:
-        if self.decode_sparsely is not None:
-            return self.decode_sparsely
-        return self.k <= SPARSE_DECODE_MAX_FRACTION * self.d_sae
-
     def encode_flat(self, x: Tensor) -> Encoding:
-        """f = ReLU(TopK_k(pre)); on the fast path the k (values, indices) are kept for
-        decode_flat."""
-        if not self.uses_sparse_decode():
+        """f = ReLU(TopK_k(pre)), kept as its (at most k per row) positive entries
+        (``kernels.topk_entries``, ``kernels.sparse_encode``) unless k / d_sae is above this
+        device's sparse/dense crossover."""
+        if self.sparse_path is None and self.k > sparse_max_density(x.device) * self.d_sae:
             return super().encode_flat(x)
-        b_dec = self.b_dec if self.apply_b_dec_to_input else None
-        values, indices, pre = topk_encode(x, self.W_enc, self.b_enc, b_dec, self.k)
-        # dense copy for metrics
-        latents = torch.zeros_like(pre).scatter(-1, indices, values.detach())
-        return Encoding(latents, pre, topk=(values, indices))
-
-    def decode_flat(self, enc: Encoding) -> Tensor:
-        """x̂ = f @ W_dec + b_dec, from the k selected latents when the encoder kept them."""
-        if enc.topk is None:
-            return super().decode_flat(enc)
-        values, indices = enc.topk
-        return sparse_decode(indices, values, self.W_dec, self.b_dec)
+        pre, code = self.sparse_pre_acts(x, lambda pre: topk_entries(pre, self.k), self.b_enc)
+        if code is None:
+            return Encoding(self.activation(pre), pre)
+        return Encoding(None, pre, sparse=code)
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:
         losses = {"mse": mse(x_hat, x)}

@@ -39,6 +39,7 @@ BAD_SETTINGS = [
     ("batch_size", 0), ("batch_size", -1), ("batch_size", 64.0),
     ("b_dec_init", "median"), ("lr_warmup_steps", -1), ("lr_warmup_steps", float("nan")),
     ("log_every", 0), ("dead_window", 0), ("seed", None),
+    ("precision", "fp16"), ("precision", "bfloat16"), ("precision", torch.bfloat16),
 ]
 
 
@@ -61,9 +62,17 @@ def test_whole_float_n_tokens_is_accepted():
 
 def test_float16_sae_is_refused_with_the_fix():
     sae = sm.ReLUSAE(16, 32, dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"float16.*NaN.*float32.*bfloat16.*autocast"):
+    with pytest.raises(ValueError, match=r"float16.*NaN.*float32.*bfloat16.*precision='bf16'"):
         sm.train_sae(sae, _data(), progress=False)
     assert sae.trained_tokens == 0
+
+
+def test_precision_fp16_is_refused_saying_why_and_what_to_use():
+    with pytest.raises(ValueError, match=r"'fp32'.*'bf16'.*float16 is not offered.*overflows"):
+        sm.train_sae(sm.TopKSAE(16, 32, k=4), _data(), precision="fp16", progress=False)
+    with pytest.raises(ValueError, match=r"'fp32'.*'bf16'.*; got 'BF16'") as err:
+        sm.train_sae(sm.TopKSAE(16, 32, k=4), _data(), precision="BF16", progress=False)
+    assert "float16 is not offered" not in str(err.value)
 
 
 def test_bfloat16_sae_trains_to_finite_weights():
@@ -123,7 +132,7 @@ def test_iterator_of_single_rows_trains_on_a_whole_schedule_and_is_reported():
     assert len([w for w in record if w.category is TrainingWarning]) == 1   # warned once
     assert len(hist["lr"]) == 512
     assert all(lr > 0 for lr in hist["lr"])   # not 0 after the first 4 "steps"
-    assert max(hist["lr"]) <= 4e-3 == sm.train.default_lr(32)   # warmup never overshoots
+    assert max(hist["lr"]) <= sm.train.default_lr(16, 32, n_steps=4)  # warmup never overshoots
     assert hist["lr"][-1] < 0.1 * max(hist["lr"])   # and it decays by the end
     # the normalisation comes from batch_size rows, not from the first single row
     expected = math.sqrt(16) / float(x[:128].norm(dim=-1).mean())

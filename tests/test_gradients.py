@@ -73,36 +73,115 @@ def test_jumprelu_input_gradient_is_exact():
     assert torch.autograd.gradcheck(lambda z: jumprelu(z, theta, 0.01), (z,))
 
 
+ALL = [(sm.ReLUSAE, {}), (sm.TopKSAE, {"k": 4}), (sm.BatchTopKSAE, {"k": 4}),
+       (sm.JumpReLUSAE, {"bandwidth": 0.5}), (sm.GatedSAE, {}),
+       (sm.MatryoshkaSAE, {"k": 4, "prefix_sizes": [8, 32]}), (sm.MatryoshkaTopKSAE, {"k": 4, "prefix_sizes": [8, 32]})]
+
+
+def _pair(cls, kw, dead: bool):
+    """Two identical float64 SAEs in training mode, one forced onto the sparse path, one onto the dense; non-zero
+    biases; with ``dead``, half the latents count as dead (AuxK active)."""
+    saes = [cls(16, 128, seed=0, dtype=torch.float64, **kw) for _ in range(2)]
+    saes[0].sparse_path, saes[1].sparse_path = True, False
+    for sae in saes:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in sae.named_parameters():
+                if p.ndim == 1 and name != "log_threshold":
+                    p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+        sae.train()
+        if dead:
+            sae.tokens_since_fired[:64] = 10**9
+    return saes
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["auxk-idle", "auxk-active"])
+@pytest.mark.parametrize("cls,kw", ALL, ids=[c.__name__ for c, _ in ALL])
+def test_sparse_and_dense_paths_agree_for_every_variant(cls, kw, dead):
+    """Loss terms, latents, the dead-latent counter, BatchTopK's threshold and every parameter's gradient."""
+    x = torch.randn(64, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sparse, dense = _pair(cls, kw, dead)
+    outs = []
+    for sae in (sparse, dense):
+        out = sae(x)
+        out.loss.backward()
+        outs.append(out)
+    assert outs[0].losses.keys() == outs[1].losses.keys()
+    for name in outs[0].losses:
+        torch.testing.assert_close(outs[0].losses[name], outs[1].losses[name], msg=name)
+    torch.testing.assert_close(outs[0].latents, outs[1].latents)
+    torch.testing.assert_close(outs[0].x_hat, outs[1].x_hat)
+    assert torch.equal(sparse.tokens_since_fired, dense.tokens_since_fired)
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    for name, b in sparse.named_buffers():
+        torch.testing.assert_close(b, dict(dense.named_buffers())[name], msg=name)
+    with torch.no_grad():                                   # the sparse path really ran
+        assert sparse.encode_flat(x).sparse is not None and dense.encode_flat(x).sparse is None
+
+
+@pytest.mark.parametrize("cls,kw", ALL, ids=[c.__name__ for c, _ in ALL])
+def test_encoder_gradient_reaches_only_latents_that_fired(cls, kw):
+    """On the sparse path (AuxK idle) W_enc's and b_enc's gradients vanish for every latent that fired on no
+    input of the batch; JumpReLU's threshold still gets its straight-through gradient from latents in the
+    kernel's window that did not fire."""
+    x = torch.randn(32, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    sae = _pair(cls, kw, dead=False)[0]
+    with torch.no_grad():                                   # fewer latents fire: some fire on no input
+        getattr(sae, "b_gate", getattr(sae, "b_enc", None)).sub_(1.5)
+    out = sae(x)
+    out.loss.backward()
+    fired = (out.latents != 0).any(0)
+    assert fired.any() and (~fired).any()
+    assert (sae.W_enc.grad[:, ~fired] == 0).all() and (sae.W_enc.grad[:, fired] != 0).any()
+    assert (sae.W_dec.grad[~fired] == 0).all()
+    if isinstance(sae, sm.JumpReLUSAE):
+        with torch.no_grad():
+            pre = sae.pre_acts(x)
+            near = ((pre - sae.threshold).abs() < sae.bandwidth / 2).any(0)
+        assert (near & ~fired).any()                          # latents in the window that never fired...
+        assert (sae.log_threshold.grad[near & ~fired] != 0).all()    # ... whose θ still learns
+
+
+def test_dense_code_takes_the_dense_path_by_itself():
+    """sparse_path None: an untrained ReLU SAE fires about half its latents, denser than any crossover, so it
+    runs dense; with its biases lowered until few latents fire, the same SAE runs sparse."""
+    sae = sm.ReLUSAE(16, 512).train()
+    x = torch.randn(64, 16)
+    assert sae.encode_flat(x).sparse is None
+    with torch.no_grad():
+        sae.b_enc.fill_(-2.5)
+    enc = sae.encode_flat(x)
+    assert enc.sparse is not None
+    assert enc.sparse.values.numel() <= sm.kernels.sparse_max_density("cpu") * x.shape[0] * 512
+
+
+def test_jumprelu_with_a_wide_window_takes_the_dense_estimator():
+    """Few latents fire but the kernel's window below θ holds most entries: the automatic choice runs the
+    dense straight-through estimator (its encoder gradient still comes back sparse, from the few non-zero
+    entries of the dense gradient) and equals the dense path."""
+    x = torch.randn(64, 16, dtype=torch.float64)
+    auto, dense = (sm.JumpReLUSAE(16, 512, bandwidth=50.0, init_threshold=3.0, dtype=torch.float64) for _ in "ab")
+    dense.sparse_path = False
+    assert auto.encode_flat(x).sparse is None
+    for sae in (auto, dense):
+        sae.train()
+        sae(x).loss.backward()
+    for (name, p), q in zip(auto.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
 def test_topk_sae_sparse_and_dense_paths_agree():
     x = torch.randn(32, 16)
     a = sm.TopKSAE(16, 512, k=4, seed=0)
     b = sm.TopKSAE(16, 512, k=4, seed=0)
-    a.decode_sparsely, b.decode_sparsely = True, False
-    assert a.uses_sparse_decode() and not b.uses_sparse_decode()
+    b.sparse_path = False
     oa, ob = a(x), b(x)
+    assert sm.TopKSAE(16, 512, k=4).encode_flat(x).sparse is not None       # k / d_sae small: sparse
+    assert sm.TopKSAE(16, 32, k=16).encode_flat(x).sparse is None           # half the latents: dense
     torch.testing.assert_close(oa.x_hat, ob.x_hat, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(oa.latents, ob.latents)
     oa.loss.backward()
     ob.loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-4, atol=1e-5, msg=name)
-    assert sm.TopKSAE(16, 512, k=4).uses_sparse_decode() and not sm.TopKSAE(16, 32, k=4).uses_sparse_decode()
-
-
-@pytest.mark.parametrize("dead", [False, True], ids=["auxk-idle", "auxk-active"])
-def test_topk_sparse_encoder_backward_matches_dense(dead):
-    x = torch.randn(64, 16, dtype=torch.float64)
-    saes = [sm.TopKSAE(16, 512, k=4, k_aux=8, dead_window=10, seed=0, dtype=torch.float64) for _ in range(2)]
-    saes[0].decode_sparsely, saes[1].decode_sparsely = True, False
-    for sae in saes:
-        g = torch.Generator().manual_seed(1)   # the same non-zero biases for both SAEs
-        with torch.no_grad():
-            sae.b_dec.copy_(torch.randn(16, generator=g, dtype=torch.float64))
-            sae.b_enc.copy_(0.1 * torch.randn(512, generator=g, dtype=torch.float64))
-        sae.train()
-        if dead:
-            sae.tokens_since_fired[:256] = 100
-        sae(x).loss.backward()
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        torch.testing.assert_close(getattr(saes[0], name).grad, getattr(saes[1], name).grad, rtol=1e-9, atol=1e-10,
-                                   msg=name)

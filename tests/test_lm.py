@@ -1,6 +1,7 @@
 """Language-model machinery: model loading with a banner, activation caching (resumable, BOS handling),
 shuffled streaming into train_sae, splice evaluation, dashboards, and the GPT-2-shaped path end to end."""
 
+import collections
 import json
 
 import pytest
@@ -107,6 +108,22 @@ def test_shuffled_batches_cover_every_row_once(tiny, tokens, tmp_path):
     key = lambda t: sorted(map(tuple, t.round(decimals=4).tolist()))
     assert len(got) == len(ref) and key(got) == key(ref)                          # every row exactly once
     assert sum(len(b) for b in store.batches(batch_size=10, n_tokens=1000, buffer_rows=60)) == 1000   # cycles
+
+
+def test_cycled_small_store_repeats_no_row_within_a_pass(tiny, tokens, tmp_path):
+    """A store smaller than the buffer, cycled with n_tokens: each pass is a permutation of the store (the mixing
+    buffer used to fill up with several copies of it, so batches repeated rows)."""
+    store = cache_activations(tiny, "blocks.0.hook_resid_post", tokens, tmp_path, batch_size=5, shard_rows=30,
+                              progress=False)
+    per_pass = len(store) // 10
+    batches = list(store.batches(batch_size=10, n_tokens=3 * per_pass * 10, buffer_rows=10 * len(store), seed=2))
+    assert len(batches) == 3 * per_pass
+    count = lambda t: collections.Counter(map(tuple, t.round(decimals=4).tolist()))
+    in_store = count(store.load_all())       # (a few rows are equal: the same tokens give the same activations)
+    for p in range(3):
+        in_pass = count(torch.cat(batches[p * per_pass:(p + 1) * per_pass]))
+        assert all(n <= in_store[row] for row, n in in_pass.items())
+    assert not torch.equal(batches[0], batches[per_pass])      # each pass reshuffled
 
 
 class _Passthrough(torch.nn.Module):

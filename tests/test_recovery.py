@@ -1,4 +1,4 @@
-"""Ground-truth recovery: each sparse variant finds >= 90% of the true features (cos > 0.9) on easy
+"""Ground-truth recovery: each sparse variant finds >= 95% of the true features (cos > 0.9) on easy
 synthetic data in seconds; the L1 SAE measurably shrinks magnitudes while TopK does not."""
 
 import pytest
@@ -26,12 +26,15 @@ def test_an_untrained_sae_recovers_almost_nothing(cls, kw, seed):
 
 @pytest.mark.parametrize("cls,kw", VARIANTS, ids=[c.__name__ for c, _ in VARIANTS])
 def test_recovers_true_features(cls, kw, easy_data):
+    """With the default learning rate, 200k tokens suffice (measured: >= 97% recovered, FVU <=
+    0.07 for every variant; the rate of before issue 18, 1.6e-3 here, left Gated at 46%, JumpReLU
+    at 85% and BatchTopK at 88%)."""
     sae = cls(64, 256, **kw)
-    sm.train_sae(sae, easy_data.activations, n_tokens=600_000, batch_size=512, progress=False)
+    sm.train_sae(sae, easy_data.activations, n_tokens=200_000, batch_size=512, progress=False)
     rec = recovery(sae, easy_data.dictionary)
-    assert rec["frac_recovered"] >= 0.9, rec
+    assert rec["frac_recovered"] >= 0.95, rec
     x = easy_data.activations[:4000]
-    assert sm.metrics.fvu(x, sae(x).x_hat) < 0.15
+    assert sm.metrics.fvu(x, sae(x).x_hat) < 0.1
 
 
 def test_l1_shrinks_magnitudes_and_topk_does_not():

@@ -249,7 +249,8 @@ def test_dashboard_states_bos_and_shows_newlines(standin, held_out, trained):
         acts = ctx.latent_acts(latent)
         row, pos = divmod(int(acts.argmax()), acts.shape[1])
         return held_out[row, max(1, pos - 10):pos + 4]
-    latent = next(i for i in range(trained.d_sae) if (top_window(i) == newline).any())
+    latent = next(i for i in range(trained.d_sae)                   # a live latent, not a dead
+                  if ctx.latent_acts(i).max() > 0 and (top_window(i) == newline).any())  # one's 0
     board = feature_dashboard(ctx, latent)
     assert "BOS (position 0 of each window) is not counted" in board.html
     assert "↵" in board.html and "\ufffd" not in board.html and "⏎" not in board.html

@@ -17,7 +17,9 @@ def _data(n=4096, d=16, scale=37.0, seed=0):
 def test_normalisation_scale_is_folded_back_into_weights():
     x = _data()
     sae = sm.ReLUSAE(16, 32)
-    hist = sm.train_sae(sae, x, n_tokens=4096, batch_size=256, progress=False)
+    # lr: this is about units, and on dense data 16 steps of L1 at the short-run default rate
+    # (1.6e-2) switch every latent off, leaving x̂ = b_dec (FVU 1 in any units)
+    hist = sm.train_sae(sae, x, n_tokens=4096, batch_size=256, lr=4e-3, progress=False)
     s = hist["input_scale"]
     assert s == pytest.approx(math.sqrt(16) / float(x.norm(dim=-1).mean()), rel=1e-4)
     # The saved SAE works on raw activations: reconstructions are in raw units, not normalised ones.
@@ -103,3 +105,99 @@ def test_continuing_training_keeps_units_consistent():
     sm.train_sae(sae, x, n_tokens=4096, batch_size=256, progress=False)
     after = sm.metrics.fvu(x, sae(x).x_hat)
     assert after < before * 1.5 and after < 0.5
+
+
+# --- AuxK, normalised as in Gao et al. -----------------------------------------------------------
+def _auxk_setup(residual_scale):
+    """A TopK SAE with half its latents dead, a batch x and a reconstruction x_hat whose residual
+    is residual_scale times a fixed random one."""
+    g = torch.Generator().manual_seed(1)
+    sae = sm.TopKSAE(16, 64, k=4, k_aux=8).train()
+    sae.tokens_since_fired[::2] = 10 * sae.dead_window
+    x = 3.0 * torch.randn(256, 16, generator=g)
+    x_hat = x - residual_scale * torch.randn(256, 16, generator=g)
+    return sae, x, x_hat, sae.pre_acts(x)
+
+
+def test_auxk_divides_by_the_residual_variance_and_multiplies_by_the_input_variance():
+    from sae_minimal.topk import auxk_loss, topk_relu
+    sae, x, x_hat, pre = _auxk_setup(0.1)   # a good reconstruction: Var(e) << Var(x)
+    e = x - x_hat
+    dead = sae.dead_mask()
+    e_hat = topk_relu(pre.masked_fill(~dead, float("-inf")), 8) @ sae.W_dec    # dense, by hand
+    var = lambda t: (t - t.mean(0)).pow(2).sum(-1).mean()                       # noqa: E731
+    expected = (1 / 32) * min(32 / 8, 1.0) * (e_hat - e).pow(2).sum(-1).mean() * var(x) / var(e)
+    got = auxk_loss(sae, x, x_hat, pre, 8, 1 / 32)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+    assert var(x) / var(e) > 100      # so an unnormalised AuxK would be far off
+
+
+def test_auxk_measures_the_residual_relative_to_its_own_size():
+    """Scale the residual e and the dead latents' reconstruction of it by the same c: the
+    normalised AuxK is unchanged (unnormalised it would change c²-fold), so its pull does not fade
+    as x̂ improves and e shrinks."""
+    from sae_minimal.topk import auxk_loss
+    losses = []
+    for c in (1.0, 0.1):
+        sae, x, x_hat, pre = _auxk_setup(c)
+        with torch.no_grad():
+            sae.W_dec.mul_(c)
+        losses.append(float(auxk_loss(sae, x, x_hat, pre, 8, 1 / 32).detach()))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_auxk_is_zero_without_dead_latents_and_finite_for_one_row():
+    from sae_minimal.topk import auxk_loss
+    sae, x, x_hat, pre = _auxk_setup(0.1)
+    one_row = auxk_loss(sae, x[:1], x_hat[:1], pre[:1], 8, 1 / 32).detach()  # Var(e) = 0
+    assert torch.isfinite(one_row) and float(one_row) >= 0
+    sae.tokens_since_fired.zero_()
+    assert float(auxk_loss(sae, x, x_hat, pre, 8, 1 / 32).detach()) == 0.0
+
+
+# --- mixed precision -----------------------------------------------------------------------------
+@pytest.mark.parametrize("cls,kw", [(sm.TopKSAE, {"k": 4}), (sm.BatchTopKSAE, {"k": 4}),
+                                    (sm.JumpReLUSAE, {}), (sm.ReLUSAE, {})],
+                         ids=["TopK", "BatchTopK", "JumpReLU", "ReLU"])
+def test_bf16_precision_trains_float32_weights_close_to_fp32(cls, kw, easy_data):
+    """bfloat16 autocast for forward and backward; weights and Adam state stay float32. A short
+    dead_window makes AuxK run too (its dense encoder gradient meets bfloat16 there)."""
+    x, held_out = easy_data.activations[:20_000], easy_data.activations[-4000:]
+    fvus = {}
+    for precision in ("fp32", "bf16"):
+        sae = cls(64, 256, **kw)
+        sae.dead_window = 2048
+        hist = sm.train_sae(sae, x, n_tokens=60_000, batch_size=512, precision=precision,
+                            progress=False)
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all()
+                   for p in sae.parameters())
+        assert all(math.isfinite(v) for v in hist["loss"])
+        fvus[precision] = sm.metrics.fvu(held_out, sae(held_out).x_hat)
+    assert fvus["bf16"] != fvus["fp32"]                         # autocast really ran
+    assert abs(fvus["bf16"] - fvus["fp32"]) < 0.1 * fvus["fp32"] + 0.01, fvus
+
+
+# --- the default learning rate -------------------------------------------------------------------
+def test_default_lr_is_gaos_rule_for_long_runs():
+    from sae_minimal.train import default_lr
+    assert default_lr(768, 16384) == pytest.approx(2e-4)            # their GPT-2 setting
+    assert default_lr(768, 16384, n_steps=10**6) == pytest.approx(2e-4)
+    assert default_lr(768, 4 * 16384) == pytest.approx(1e-4)        # ∝ 1/√d_sae
+    assert default_lr(192, 16384) == pytest.approx(4e-4)            # ∝ 1/√d_in
+
+
+def test_default_lr_grows_for_short_runs_up_to_a_cap():
+    from sae_minimal.train import default_lr
+    rates = [default_lr(256, 2048, n) for n in (10**5, 10**4, 1562, 196, 49, 10, 1)]
+    assert rates == sorted(rates) and rates[0] < rates[-1]          # shorter run, larger lr
+    assert rates[2] == pytest.approx(2e-3, rel=0.05)                # measured best near 2e-3
+    assert rates[3] == pytest.approx(5.6e-3, rel=0.05)              # and 5.7e-3 at 196 steps
+    assert rates[-1] == rates[-2] == pytest.approx(1 / (8 * 16))    # the cap: 1/(8·√d_in)
+    assert default_lr(16, 32) == default_lr(64, 32) == 1 / (8 * 8)  # tiny SAEs: d_in 64's cap
+
+
+def test_train_sae_uses_the_default_lr_for_its_budget():
+    sae = sm.TopKSAE(16, 64, k=4)
+    hist = sm.train_sae(sae, _data(), n_tokens=40 * 128, batch_size=128, log_every=1,
+                        progress=False)
+    assert max(hist["lr"]) == pytest.approx(sm.train.default_lr(16, 64, n_steps=40))

@@ -326,6 +326,9 @@ class ActivationStore:
         gen = torch.Generator().manual_seed(seed)
         target = n_tokens if n_tokens is not None else len(self)
         left = -(-target // batch_size)   # batches still to yield (the last may pass target)
+        if len(self) <= buffer_rows:      # the whole store fits in the buffer: read it once and
+            yield from self._epochs(batch_size, left, n_tokens is not None, gen, dtype)
+            return                        # shuffle it whole each pass (each row once per pass)
         # the buffer's rows, in order, as pieces joined only when full: joining at every shard
         # would copy the buffer once per shard (quadratic when a small store is cycled)
         pieces, n_rows = [torch.empty(0, self.d, dtype=dtype)], 0
@@ -350,6 +353,20 @@ class ActivationStore:
         # one pass: drain the rest of the buffer
         buffer = torch.cat(pieces)
         yield from _cut(buffer[torch.randperm(len(buffer), generator=gen)], batch_size, left)
+
+
+    def _epochs(self, batch_size: int, left: int, cycle: bool, gen: torch.Generator,
+                dtype: torch.dtype) -> Iterator[Tensor]:
+        """Up to ``left`` batches of a store that fits in memory: a fresh permutation of all its
+        rows per pass; one pass unless ``cycle``. (Through the mixing buffer, a small store's
+        next pass would join rows still waiting from the last one, and repeat them.)"""
+        rows = torch.cat([self.shard(i).to(dtype) for i in range(len(self.meta["shards"]))])
+        while left > 0:
+            out = _cut(rows[torch.randperm(len(rows), generator=gen)], batch_size, left)
+            yield from out
+            left -= len(out)
+            if not cycle or not out:      # one pass asked, or fewer rows than one batch
+                return
 
 
 def _cut(rows: Tensor, batch_size: int, limit: int) -> list[Tensor]:
