@@ -20,6 +20,8 @@ extension point is defined here with its default, so a reader finds the whole co
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Callable, ClassVar, NamedTuple
 
 import torch
@@ -146,6 +148,9 @@ class BaseSAE(nn.Module):
     # enough for this device (kernels.sparse_max_density): None = decide per batch from its
     # measured density; True / False force the sparse / dense path.
     sparse_path: bool | None = None
+    # SAELens's cfg.metadata for this SAE (hook_name, model_name, ...): load_sae sets it, save_sae
+    # writes it back. Replaced as a whole, never edited in place (the default is shared).
+    sae_lens_metadata: Mapping[str, object] = MappingProxyType({})
 
     def __init_subclass__(cls, *, sae_lens_default: bool = False, **kw):
         super().__init_subclass__(**kw)

@@ -122,7 +122,7 @@ def _lm_metadata(sae: BaseSAE, hook_name: str | None, model_name: str | None,
                  extra: dict | None) -> dict:
     """SAELens's metadata about the model: what ``load_sae`` kept, updated by the arguments; warns
     when the hook is unknown, since SAELens then splices nothing."""
-    meta = {"model_name": None, "hook_name": None, **getattr(sae, "sae_lens_metadata", {}),
+    meta = {"model_name": None, "hook_name": None, **sae.sae_lens_metadata,
             **(extra or {})}
     meta.update({k: v for k, v in (("hook_name", hook_name), ("model_name", model_name))
                  if v is not None})

@@ -417,3 +417,23 @@ def test_topk_backward_needs_the_relu_on_selected_latents(capsys):
             checks.check_topk_backward(
                 lambda *a, relu=relu, mask=mask: _topk_grads(*a, relu=relu, mask=mask))
 
+
+
+def test_course_command_without_the_course_extra_names_the_extra(monkeypatch, capsys):
+    """`python -m sae_minimal.course build` on a core-only install: one line naming the extra,
+    not a ModuleNotFoundError traceback."""
+    import builtins
+
+    from sae_minimal.course import cli
+
+    real_import = builtins.__import__
+
+    def no_nbformat(name, *args, **kw):
+        if name.split(".")[0] == "nbformat":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_nbformat)
+    assert cli.main(["build", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "nbformat is not installed" in err and "pip install -e '.[course]'" in err

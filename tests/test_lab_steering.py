@@ -190,6 +190,13 @@ def test_lab_trains_once_then_loads_the_same_sae(lab):
     assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["fvu"] < 1 and 0 < metrics["ce_recovered"] <= 1.01
 
 
+def test_lab_evaluates_a_sae_lens_sae_as_it_evaluates_ours(lab, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    ours = lab.sae("t", _make, n_tokens=8192, progress=False)
+    theirs = sae_lens.SAE.load_from_disk(str(sm.save_sae(ours, tmp_path / "ckpt")))
+    assert lab.evaluate(theirs, splice=False) == pytest.approx(lab.evaluate(ours, splice=False))
+
+
 def test_lab_moves_a_corrupt_checkpoint_aside_and_retrains(lab, capsys):
     sae = lab.sae("c", _make, n_tokens=4096, progress=False)
     (lab.run(sae).path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")

@@ -98,6 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:
+        extra = EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: {err.name} is not installed: this command needs the {extra} extra. "
+              f"Install it with: pip install -e '.[{extra}]' (or '.[dev]', which includes it).",
+              file=sys.stderr)
+        return 2
+
+
+# The packages these commands import, by the extra of pyproject.toml that installs them
+EXTRAS = {"nbformat": "course", "nbclient": "course", "ipykernel": "course",
+          "jupyter_client": "course", "nbgrader": "teacher"}
 
 
 def _command(args) -> int:

@@ -7,6 +7,8 @@
     dashboard    feature dashboards: top contexts, logit effects, density
     steering     steering by adding a latent's direction, ablation against matched-norm controls
     splitting    feature splitting across widths: children, firing recall
+    references   reference SAEs shipped for the stand-in (load_reference); published GPT-2 SAEs
+                 through SAELens (load_pretrained)
     lab          Lab: one model, one layer, one activation cache, SAEs trained once and cached
     validate     input checks (hook names, token ids, latents, finite values) and device helpers
 

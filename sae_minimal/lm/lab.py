@@ -45,7 +45,7 @@ from .activations import ActivationStore, cache_activations, run_to_hook
 from .cachefiles import file_lock
 from ..base import BaseSAE
 from .evaluation import latent_density, splice_eval
-from ..io import load_sae, save_sae
+from ..io import as_sae, load_sae, save_sae
 from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
 from .models import fingerprint, lm_name, load_lm
 from .text import load_tokens
@@ -229,7 +229,8 @@ class Lab:
         """Metrics on held-out text: FVU, L0, shrinkage γ around the mean
         (``metrics.relative_reconstruction_bias``), dead and dense fractions (firing on no / more
         than 10% of 100k cached tokens), and with ``splice`` the model-in-the-loop CE loss
-        recovered and KL (``evaluation.splice_eval``)."""
+        recovered and KL (``evaluation.splice_eval``). ``sae``: ours, or a SAELens SAE object."""
+        sae = as_sae(sae)
         x = self.eval_activations()
         out = [sae(chunk) for chunk in x.split(8192)]
         x_hat = torch.cat([o.x_hat for o in out])

@@ -1,0 +1,151 @@
+"""Reference SAEs shipped with the package: trained to convergence on the stand-in, loaded offline.
+
+    from sae_minimal.lm.references import load_reference, list_references, reference_card
+    sae = load_reference("topk-k16-2048")           # a TopKSAE in float32, in well under a second
+    reference_card()["saes"]["topk-k16-2048"]       # how it was trained and what it measures
+
+Researchers compare their SAEs with published ones (Gemma Scope, gpt2-small-res-jb) instead of
+retraining; these are the course's equivalent for the offline stand-in: the five variants of
+notebook 04 at 2048 latents with a second seed each (``"<name>-seed1"``, for MMCS), and the widths
+notebook 06 compares. All read ``blocks.2.hook_resid_post`` of the bundled stand-in model. They are
+stored in SAELens format with float16 weights, and loaded as float32.
+``scripts/build_reference_saes.py`` rebuilds them (its docstring says how "converged" is judged),
+and writes ``card.json`` and ``REFERENCE_CARD.md``: per SAE its settings, training tokens and
+seconds, held-out FVU, L0, dead/dense fractions, CE loss recovered, KL and MMCS to its twin, at T/2
+and T training tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..base import BaseSAE
+from ..io import load_sae
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference_saes"
+CARD_JSON = "card.json"
+HOOK = "blocks.2.hook_resid_post"
+_REBUILD = "python scripts/build_reference_saes.py (from a clone of the repository)"
+
+
+@lru_cache(maxsize=1)
+def _card(folder: str) -> dict:
+    path = Path(folder) / CARD_JSON
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No reference SAEs at {folder} ({CARD_JSON} is missing). They ship with the package; "
+            f"an editable install from a repository without them can rebuild them: {_REBUILD}.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it with git checkout, or "
+                         f"rebuild: {_REBUILD}.") from None
+
+
+def reference_card(folder: str | Path = REFERENCE_DIR) -> dict:
+    """The card: {"hook", "model", "model_fingerprint", ..., "saes": {name: {"class", "config",
+    "tokens", "seeds", "runs": {"<tokens>/seed<s>": metrics and training curve}, "converged"}}}."""
+    return _card(str(folder))
+
+
+def list_references(folder: str | Path = REFERENCE_DIR) -> list[str]:
+    """Names ``load_reference`` accepts: each SAE of the card, and "<name>-seed1" for its twin."""
+    names = []
+    for name, entry in reference_card(folder)["saes"].items():
+        names += [name] + [f"{name}-seed{s}" for s in entry["seeds"][1:]]
+    return names
+
+
+def load_reference(name: str, *, device: str | torch.device = "cpu",
+                   folder: str | Path = REFERENCE_DIR) -> BaseSAE:
+    """The reference SAE ``name`` (see ``list_references``) as float32 on ``device``, in eval mode.
+    It reads the stand-in's ``blocks.2.hook_resid_post`` (``HOOK``)."""
+    names = list_references(folder)
+    if name not in names:
+        raise KeyError(f"No reference SAE named {name!r}. The references are: {', '.join(names)}.")
+    sae = load_sae(Path(folder) / name, device=device)
+    return sae.float().eval()
+
+
+# Published GPT-2 small SAEs that read the lab's layer (after block 6; block 7's resid_pre is the
+# same vector), by SAELens release and SAE id. Online only; ``load_pretrained`` takes any other
+# release too.
+GPT2_PRETRAINED = {
+    "gpt2-small-res-jb": ("gpt2-small-res-jb", "blocks.7.hook_resid_pre"),   # Bloom 2024, L1, 24576
+    "gpt2-small-resid-post-v5-32k": ("gpt2-small-resid-post-v5-32k",          # Gao et al. 2024,
+                                     "blocks.6.hook_resid_post"),             # TopK k 32, 32768
+}
+
+
+def load_pretrained(release: str, sae_id: str | None = None, *,
+                    device: str | torch.device = "cpu") -> BaseSAE:
+    """A published SAE from SAELens's pretrained releases (``sae_lens``'s pretrained_saes.yaml,
+    e.g. ``"gpt2-small-res-jb"``), downloaded from the Hugging Face hub and converted to one of our
+    classes, so that it can stand next to an SAE you trained (``lab.evaluate``, dashboards,
+    steering). ``sae_id`` defaults to the entry of ``GPT2_PRETRAINED`` (the lab's GPT-2 layer).
+
+    Needs the network and ``sae_lens`` (the dev extra, or ``pip install sae-lens``). Raises
+    RuntimeError offline (``SAE_MINIMAL_OFFLINE=1``), and ``io.CheckpointError`` naming the field
+    for a release that computes something our classes do not (e.g. inputs normalised at run
+    time): use the SAELens object directly then."""
+    from .models import lm_extra, offline
+
+    if sae_id is None:
+        if release not in GPT2_PRETRAINED:
+            raise ValueError(f"Pass sae_id= for release {release!r} (its SAE ids are listed in "
+                             "sae_lens's pretrained_saes.yaml); defaults exist for "
+                             f"{', '.join(GPT2_PRETRAINED)}.")
+        release, sae_id = GPT2_PRETRAINED[release]
+    if offline():
+        raise RuntimeError(f"SAE_MINIMAL_OFFLINE=1: not downloading {release} / {sae_id}. "
+                           "Offline, compare with the shipped references: load_reference(name), "
+                           f"names from list_references().")
+    theirs = lm_extra("sae_lens").SAE.from_pretrained(release, sae_id, device=str(device))
+    from ..io import from_sae_lens
+    ours = from_sae_lens(theirs).eval()
+    ours.sae_lens_metadata = {**ours.sae_lens_metadata,
+                              "release": release, "sae_id": sae_id}
+    return ours
+
+
+def card_markdown(card: dict) -> str:
+    """REFERENCE_CARD.md from the card: one table row per SAE and budget."""
+    lines = ["# Reference SAEs",
+             "",
+             f"Stand-in model (fingerprint `{card['model_fingerprint'][:12]}`), `{card['hook']}`, "
+             f"trained by `scripts/build_reference_saes.py` (sae_minimal {card['sae_minimal']}, "
+             f"torch {card['torch']}, batch {card['batch_size']}, default learning rate) on "
+             f"{card['training_activations']:,} training activations; metrics on "
+             f"{card['held_out_activations']:,} held-out ones, float16 weights as shipped. "
+             "Converged: from T/2 to T tokens, FVU and MMCS change by under 2% relative and the "
+             "dead fraction by under 2% relative or 0.2 percentage points.",
+             "",
+             "| SAE | settings | tokens | seconds | FVU | L0 | dead | dense | CE recovered | KL "
+             "| MMCS to twin | converged |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, entry in card["saes"].items():
+        cfg = {k: v for k, v in entry["config"].items() if k not in ("d_in", "seed")}
+        settings = ", ".join(f"{k} {v}" for k, v in cfg.items() if not isinstance(v, (list, dict)))
+        for key, run in entry["runs"].items():
+            tokens, seed = key.split("/")
+            if seed != f"seed{entry['seeds'][0]}":
+                continue
+            final = int(tokens) == entry["tokens"]
+            c = entry["converged"]
+            verdict = ("yes" if c["ok"] else "**no**") + (
+                f" (FVU {c['fvu']:.1%}, dead {c['dead_points']:.2f} pt"
+                + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
+            mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
+            lines.append(f"| {name} | {settings if final else ''} | "
+                         f"{int(tokens):,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
+                         f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
+                         f"{run['ce_recovered']:.3f} | {run['kl']:.3f} | {mmcs} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["load_reference", "list_references", "reference_card", "load_pretrained",
+           "GPT2_PRETRAINED", "REFERENCE_DIR", "HOOK"]

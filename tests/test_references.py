@@ -1,0 +1,104 @@
+"""Reference SAEs: the loader (against a small folder built here) and the shipped set."""
+
+import json
+import time
+
+import pytest
+import torch
+
+import sae_minimal as sm
+from sae_minimal.lm import references as refs
+
+
+def _fake_folder(tmp_path):
+    """A reference folder as the build script writes it, with one TopK SAE and its twin."""
+    card = {"hook": refs.HOOK, "model": "standin", "model_fingerprint": "0" * 40,
+            "training_activations": 1000, "held_out_activations": 100, "batch_size": 1024,
+            "torch": torch.__version__, "sae_minimal": sm.__version__, "saes": {}}
+    run = {"fvu": 0.1, "l0": 4.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+           "seconds": 1.0, "mmcs": 0.8}
+    card["saes"]["topk-k4-64"] = {
+        "class": "TopKSAE", "config": {"d_in": 16, "d_sae": 64, "k": 4, "seed": 0}, "tokens": 2000,
+        "seeds": [0, 1], "runs": {"1000/seed0": run, "1000/seed1": run, "2000/seed0": run,
+                                  "2000/seed1": run},
+        "converged": {"fvu": 0.01, "dead_points": 0.0, "dead": 0.0, "mmcs": 0.01, "ok": True}}
+    for name, seed in (("topk-k4-64", 0), ("topk-k4-64-seed1", 1)):
+        sm.save_sae(sm.TopKSAE(16, 64, k=4, seed=seed).half(), tmp_path / name,
+                    hook_name=refs.HOOK, model_name="standin")
+    (tmp_path / refs.CARD_JSON).write_text(json.dumps(card))
+    return tmp_path
+
+
+def test_load_reference_gives_float32_eval_sae_and_its_twin(tmp_path):
+    folder = _fake_folder(tmp_path)
+    assert refs.list_references(folder) == ["topk-k4-64", "topk-k4-64-seed1"]
+    a = refs.load_reference("topk-k4-64", folder=folder)
+    b = refs.load_reference("topk-k4-64-seed1", folder=folder)
+    assert isinstance(a, sm.TopKSAE) and a.W_dec.dtype == torch.float32 and not a.training
+    assert not torch.equal(a.W_dec, b.W_dec)                  # two seeds, two dictionaries
+    md = refs.card_markdown(refs.reference_card(folder))
+    assert "| topk-k4-64 | d_sae 64, k 4 | 2,000 |" in md and "yes (FVU 1.0%" in md
+
+
+def test_unknown_reference_lists_the_names(tmp_path):
+    folder = _fake_folder(tmp_path)
+    with pytest.raises(KeyError, match="topk-k4-64, topk-k4-64-seed1"):
+        refs.load_reference("topk-k16-2048-typo", folder=folder)
+
+
+def test_missing_or_corrupt_card_says_how_to_rebuild(tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_reference_saes.py"):
+        refs.list_references(tmp_path / "nowhere")
+    (tmp_path / refs.CARD_JSON).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        refs.reference_card(tmp_path)
+
+
+shipped = pytest.mark.skipif(not (refs.REFERENCE_DIR / refs.CARD_JSON).exists(),
+                             reason="the reference SAEs are not built in this checkout")
+
+
+@shipped
+def test_every_shipped_reference_loads_offline_in_seconds_and_is_converged():
+    card = refs.reference_card()
+    t0 = time.perf_counter()
+    for name in refs.list_references():
+        sae = refs.load_reference(name)
+        assert sae.d_in == 256 and torch.isfinite(sae.W_dec).all()
+        assert sae.sae_lens_metadata["hook_name"] == refs.HOOK
+    assert time.perf_counter() - t0 < 60      # generous: a hang, not a benchmark
+    not_converged = [n for n, e in card["saes"].items() if not e["converged"]["ok"]]
+    assert not not_converged, f"the card marks {not_converged} as not converged"
+
+
+@shipped
+def test_shipped_weights_fit_the_package_budget():
+    size = sum(p.stat().st_size for p in refs.REFERENCE_DIR.rglob("*") if p.is_file())
+    assert size < 40e6, f"reference SAEs take {size / 1e6:.1f} MB, over the 40 MB budget"
+
+
+def test_load_pretrained_converts_what_the_hub_gives(tmp_path, monkeypatch):
+    """GPT-2's published SAEs, through SAELens's from_pretrained, faked by a local checkpoint:
+    the loading code runs without the network."""
+    sae_lens = pytest.importorskip("sae_lens")
+    ckpt = sm.save_sae(sm.ReLUSAE(32, 128, seed=3), tmp_path / "hub",
+                       hook_name="blocks.7.hook_resid_pre", model_name="gpt2-small")
+    asked = []
+
+    def fake_from_pretrained(release, sae_id, device="cpu", **kw):
+        asked.append((release, sae_id))
+        return sae_lens.SAE.load_from_disk(str(ckpt), device=device)
+
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.delenv("SAE_MINIMAL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    sae = refs.load_pretrained("gpt2-small-res-jb")
+    assert asked == [("gpt2-small-res-jb", "blocks.7.hook_resid_pre")]
+    assert isinstance(sae, sm.ReLUSAE) and not sae.training
+    assert torch.equal(sae.W_dec, sm.load_sae(ckpt).W_dec)
+    assert sae.sae_lens_metadata["hook_name"] == "blocks.7.hook_resid_pre"
+    with pytest.raises(ValueError, match="Pass sae_id="):
+        refs.load_pretrained("some-other-release")
+    monkeypatch.setenv("SAE_MINIMAL_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="load_reference"):
+        refs.load_pretrained("gpt2-small-res-jb")
