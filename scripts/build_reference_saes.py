@@ -38,7 +38,7 @@ from sae_minimal.lm.activations import cache_activations, run_to_hook
 from sae_minimal.lm.evaluation import latent_density, splice_eval
 from sae_minimal.lm.models import fingerprint, load_lm
 from sae_minimal.lm.text import corpus_tokens
-from sae_minimal.lm.references import CARD_JSON, HOOK, REFERENCE_DIR, card_markdown
+from sae_minimal.lm.references import CARD_JSON, HOOK, REFERENCE_DIR, card_markdown, convergence
 
 D_IN = 256
 BATCH = 1024
@@ -167,20 +167,6 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
         (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
-
-
-def convergence(half: dict, full: dict) -> dict:
-    """Changes from T/2 to T: relative for FVU and MMCS, and for the dead fraction relative or,
-    when both are small, in percentage points (module docstring)."""
-    def rel(key):
-        return abs(full[key] - half[key]) / max(abs(half[key]), 1e-12)
-    changes = {"fvu": rel("fvu"), "dead_points": abs(full["dead"] - half["dead"]) * 100,
-               "dead": rel("dead") if half["dead"] > 0 else 0.0}
-    ok = changes["fvu"] < 0.02 and (changes["dead"] < 0.02 or changes["dead_points"] < 0.2)
-    if "mmcs" in full:
-        changes["mmcs"] = rel("mmcs")
-        ok = ok and changes["mmcs"] < 0.02
-    return {**{k: round(v, 4) for k, v in changes.items()}, "ok": bool(ok)}
 
 
 if __name__ == "__main__":

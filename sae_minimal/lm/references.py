@@ -112,6 +112,21 @@ def load_pretrained(release: str, sae_id: str | None = None, *,
     return ours
 
 
+def convergence(half: dict, full: dict) -> dict:
+    """The card's verdict from a reference's held-out metrics at T/2 and T tokens: FVU and MMCS
+    change by under 2% relative, the dead fraction by under 2% relative or 0.2 percentage points
+    (a relative change of a fraction near 0 is noise, not a trend)."""
+    def rel(key):
+        return abs(full[key] - half[key]) / max(abs(half[key]), 1e-12)
+    changes = {"fvu": rel("fvu"), "dead_points": abs(full["dead"] - half["dead"]) * 100,
+               "dead": rel("dead") if half["dead"] > 0 else 0.0}
+    ok = changes["fvu"] < 0.02 and (changes["dead"] < 0.02 or changes["dead_points"] < 0.2)
+    if "mmcs" in full:
+        changes["mmcs"] = rel("mmcs")
+        ok = ok and changes["mmcs"] < 0.02
+    return {**{k: round(v, 4) for k, v in changes.items()}, "ok": bool(ok)}
+
+
 def card_markdown(card: dict) -> str:
     """REFERENCE_CARD.md from the card: one table row per SAE and budget."""
     lines = ["# Reference SAEs",
@@ -147,5 +162,5 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["load_reference", "list_references", "reference_card", "load_pretrained",
+__all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
            "GPT2_PRETRAINED", "REFERENCE_DIR", "HOOK"]
