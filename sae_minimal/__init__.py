@@ -27,7 +27,7 @@ from .relu import ReLUSAE
 from .topk import TopKSAE
 from .train import History, TrainingDiverged, TrainingWarning, train_sae
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",

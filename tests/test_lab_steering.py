@@ -197,6 +197,18 @@ def test_lab_evaluates_a_sae_lens_sae_as_it_evaluates_ours(lab, tmp_path):
     assert lab.evaluate(theirs, splice=False) == pytest.approx(lab.evaluate(ours, splice=False))
 
 
+def test_lab_reference_loads_on_the_stand_in_and_refuses_other_models(lab, monkeypatch):
+    from sae_minimal.lm import references
+
+    if not (references.REFERENCE_DIR / references.CARD_JSON).exists():
+        pytest.skip("the reference SAEs are not built in this checkout")
+    sae = lab.reference("topk-k16-2048")
+    assert lab.evaluate(sae, splice=False)["fvu"] < 0.2        # it reads this lab's activations
+    monkeypatch.setattr(lab, "fingerprint", "0" * 40)           # a rebuilt stand-in
+    with pytest.raises(ValueError, match="rebuilt stand-in"):
+        lab.reference("topk-k16-2048")
+
+
 def test_lab_moves_a_corrupt_checkpoint_aside_and_retrains(lab, capsys):
     sae = lab.sae("c", _make, n_tokens=4096, progress=False)
     (lab.run(sae).path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")

@@ -48,6 +48,7 @@ from .evaluation import latent_density, splice_eval
 from ..io import as_sae, load_sae, save_sae
 from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
 from .models import fingerprint, lm_name, load_lm
+from .references import load_reference, reference_card
 from .text import load_tokens
 from ..train import History, train_sae
 
@@ -222,6 +223,21 @@ class Lab:
             raise KeyError("This SAE did not come from this lab's .sae(...): "
                            "it has no cache entry here.")
         return self._runs[sae]
+
+    def reference(self, name: str) -> BaseSAE:
+        """A reference SAE shipped with the package (``references.list_references()``), on this
+        lab's device: trained to convergence on the stand-in's ``blocks.2.hook_resid_post``, so
+        only a lab on that model and layer can use it (GPT-2: ``references.load_pretrained``)."""
+        card = reference_card()
+        if (self.model_name, self.hook) != ("standin", card["hook"]) or \
+                self.fingerprint != card["model_fingerprint"]:
+            raise ValueError(
+                f"The reference SAEs read the bundled stand-in's {card['hook']}; this lab reads "
+                f"{self.model_name}'s {self.hook}"
+                + (" (a rebuilt stand-in with other weights)" if self.model_name == "standin" else "")
+                + ". Train your own with lab.sae(...), or, for GPT-2 small, load a published SAE "
+                "with sae_minimal.lm.references.load_pretrained('gpt2-small-res-jb').")
+        return load_reference(name, device=self.device)
 
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -135,7 +135,8 @@ def card_markdown(card: dict) -> str:
              f"trained by `scripts/build_reference_saes.py` (sae_minimal {card['sae_minimal']}, "
              f"torch {card['torch']}, batch {card['batch_size']}, default learning rate) on "
              f"{card['training_activations']:,} training activations; metrics on "
-             f"{card['held_out_activations']:,} held-out ones, float16 weights as shipped. "
+             f"{card['held_out_activations']:,} held-out ones, float16 weights as shipped "
+             "(seconds: wall time of the training loop on 2 shared CPU cores, one thread). "
              "Converged: from T/2 to T tokens, FVU and MMCS change by under 2% relative and the "
              "dead fraction by under 2% relative or 0.2 percentage points.",
              "",
@@ -144,7 +145,8 @@ def card_markdown(card: dict) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, entry in card["saes"].items():
         cfg = {k: v for k, v in entry["config"].items() if k not in ("d_in", "seed")}
-        settings = ", ".join(f"{k} {v}" for k, v in cfg.items() if not isinstance(v, (list, dict)))
+        settings = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in cfg.items() if not isinstance(v, (list, dict)))
         for key, run in entry["runs"].items():
             tokens, seed = key.split("/")
             if seed != f"seed{entry['seeds'][0]}":
