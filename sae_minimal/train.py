@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
@@ -160,6 +162,54 @@ def _prepare(sae: BaseSAE, activations: Tensor | Iterable[Tensor], batch_size: i
     return itertools.chain(head, stream), sample, batch_size, None
 
 
+class _ReadAhead:
+    """The batches of an iterator, read ``depth`` ahead by a background thread, so the next batch
+    is being read (an activation store reads and shuffles shards from disk) while this one trains.
+    Same batches in the same order; an exception raised by the iterator is raised here, at the
+    batch where it happened. ``close()`` stops the thread (an endless iterator's too)."""
+
+    def __init__(self, stream: Iterator[Tensor], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop, self._done = threading.Event(), False
+        self._thread = threading.Thread(target=self._fill, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _fill(self, stream: Iterator[Tensor]) -> None:
+        try:
+            for item in stream:
+                if not self._put(("batch", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as e:  # noqa: BLE001 -- handed to the training thread, raised there
+            self._put(("error", e))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Tensor:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "batch":
+            return value
+        self._done = True
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens: int | None = None,
               batch_size: int = 1024, lr: float | None = None,
               betas: tuple[float, float] = (0.8, 0.999), lr_warmup_steps: int | None = None,
@@ -241,6 +291,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}",
                unit="step")
     tokens, step, data_seconds, t_start = 0, 0, 0.0, time.perf_counter()
+    if not isinstance(activations, Tensor):   # an iterator may read from disk: read ahead
+        stream = _ReadAhead(stream)
     try:
         # count tokens: an iterator's batches may differ in size
         while n_tokens is None or tokens < n_tokens:
@@ -294,6 +346,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             sae.after_training(sample * scale, rows)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
+        if isinstance(stream, _ReadAhead):
+            stream.close()
         history["seconds"] = time.perf_counter() - t_start
         history["data_seconds"] = data_seconds  # time spent waiting for batches (the data path)
         sae.fold_input_scale(scale)

@@ -201,3 +201,51 @@ def test_train_sae_uses_the_default_lr_for_its_budget():
     hist = sm.train_sae(sae, _data(), n_tokens=40 * 128, batch_size=128, log_every=1,
                         progress=False)
     assert max(hist["lr"]) == pytest.approx(sm.train.default_lr(16, 64, n_steps=40))
+
+
+def test_read_ahead_keeps_order_raises_where_the_iterator_failed_and_stops():
+    import threading
+
+    from sae_minimal.train import _ReadAhead
+
+    batches = [torch.full((2, 3), float(i)) for i in range(7)]
+    assert [int(b[0, 0]) for b in _ReadAhead(iter(batches))] == list(range(7))
+
+    def failing():
+        yield batches[0]
+        raise RuntimeError("shard 3 is damaged")
+
+    ahead = _ReadAhead(failing())
+    assert torch.equal(next(ahead), batches[0])
+    with pytest.raises(RuntimeError, match="shard 3"):
+        next(ahead)
+
+    def endless():
+        while True:
+            yield batches[0]
+
+    before = threading.active_count()
+    ahead = _ReadAhead(endless())
+    next(ahead)
+    ahead.close()
+    ahead._thread.join(timeout=2)
+    assert not ahead._thread.is_alive() and threading.active_count() <= before
+
+
+def test_reading_ahead_trains_the_same_sae_as_reading_on_demand(monkeypatch):
+    """Reading ahead changes when batches are read, not which: with it switched off (identity),
+    the same iterator trains the same SAE."""
+    import sae_minimal.train as train
+
+    x = torch.randn(4096, 16)
+    saes = []
+    for read_ahead in (train._ReadAhead, None):
+        if read_ahead is None:
+            class OnDemand:                     # "reading ahead" that hands back the iterator
+                def __new__(cls, stream):
+                    return stream
+            monkeypatch.setattr(train, "_ReadAhead", OnDemand)
+        sae = sm.TopKSAE(16, 64, k=4, seed=0)
+        sm.train_sae(sae, iter(x.split(256)), n_tokens=4096, batch_size=256, progress=False)
+        saes.append(sae)
+    assert torch.equal(saes[0].W_dec, saes[1].W_dec)
