@@ -35,50 +35,27 @@ import torch
 
 import sae_minimal as sm
 from sae_minimal.lm.activations import cache_activations, run_to_hook
-from sae_minimal.lm.evaluation import latent_density, splice_eval
+from sae_minimal.lm.evaluation import evaluate_sae, latent_density
 from sae_minimal.lm.models import fingerprint, load_lm
 from sae_minimal.lm.text import corpus_tokens
 from sae_minimal.lm.references import CARD_JSON, HOOK, REFERENCE_DIR, card_markdown, convergence
 
 D_IN = 256
 BATCH = 1024
-DENSE = 0.1            # as the lab: a latent firing on more than 10% of tokens is dense
 SPLICE_WINDOWS = 256   # held-out windows for CE loss recovered and KL (32k tokens)
 
-# name -> (constructor, keyword arguments, seeds, fraction of --tokens): 04's middle setting of each
+# name -> (constructor, keyword arguments, seeds): 04's middle setting of each
 # variant at 2048 latents with a twin for MMCS, and the widths 06 compares.
 REFERENCES = {
-    "l1-2048":              (sm.ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (0, 1), 1.0),
-    "topk-k16-2048":        (sm.TopKSAE, {"d_sae": 2048, "k": 16}, (0, 1), 1.0),
-    "batchtopk-k16-2048":   (sm.BatchTopKSAE, {"d_sae": 2048, "k": 16}, (0, 1), 1.0),
-    "jumprelu-2048":        (sm.JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (0, 1), 1.0),
-    "matryoshka-k16-2048":  (sm.MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (0, 1), 1.0),
-    "topk-k16-512":         (sm.TopKSAE, {"d_sae": 512, "k": 16}, (0,), 1.0),
-    "topk-k16-8192":        (sm.TopKSAE, {"d_sae": 8192, "k": 16}, (0,), 1.0),
-    "matryoshka-k16-8192":  (sm.MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (0,), 1.0),
+    "l1-2048":              (sm.ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (0, 1)),
+    "topk-k16-2048":        (sm.TopKSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
+    "batchtopk-k16-2048":   (sm.BatchTopKSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
+    "jumprelu-2048":        (sm.JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (0, 1)),
+    "matryoshka-k16-2048":  (sm.MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
+    "topk-k16-512":         (sm.TopKSAE, {"d_sae": 512, "k": 16}, (0,)),
+    "topk-k16-8192":        (sm.TopKSAE, {"d_sae": 8192, "k": 16}, (0,)),
+    "matryoshka-k16-8192":  (sm.MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (0,)),
 }
-
-
-def held_out_metrics(model, sae, x_eval: torch.Tensor, splice_tokens: torch.Tensor,
-                     mean_act: torch.Tensor) -> dict:
-    """FVU, L0, dead/dense fractions and γ on the held-out activations; CE recovered and KL."""
-    with torch.no_grad():
-        out = [sae(chunk) for chunk in x_eval.split(8192)]
-        x_hat = torch.cat([o.x_hat for o in out])
-        latents = torch.cat([o.latents for o in out])
-    density = latent_density(sae, x_eval)
-    s = splice_eval(model, sae, HOOK, splice_tokens, mean_act=mean_act, progress=False)
-    return {"fvu": sm.metrics.fvu(x_eval, x_hat), "l0": sm.metrics.l0(latents),
-            "dead": sm.metrics.dead_fraction(density),
-            "dense": float((density > DENSE).float().mean()),
-            "gamma": sm.metrics.relative_reconstruction_bias(x_eval, x_hat, center=mean_act),
-            "ce_recovered": s["ce_loss_recovered"], "ce_delta": s["ce_delta"],
-            "kl": s["kl_div"]}, density
-
-
-def mmcs(a, b, density_a: torch.Tensor) -> float:
-    """Mean over a's alive latents of the best decoder cosine with any of b's latents."""
-    return float(sm.metrics.max_cosines(a.W_dec[density_a > 0], b.W_dec).mean())
 
 
 def as_shipped(sae):
@@ -131,8 +108,8 @@ def main() -> None:
                  "batch_size": BATCH, "torch": torch.__version__, "sae_minimal": sm.__version__})
     card.setdefault("saes", {})
     for name in names:
-        cls, kw, seeds, frac = REFERENCES[name]
-        budget = int(args.tokens * frac)
+        cls, kw, seeds = REFERENCES[name]
+        budget = args.tokens
         runs = {}
         for n_tokens in (budget // 2, budget):
             for seed in seeds:
@@ -142,7 +119,9 @@ def main() -> None:
                                     n_tokens=n_tokens, batch_size=BATCH, seed=seed, progress=False)
                 seconds = time.perf_counter() - t0
                 as_shipped(sae.eval())
-                metrics, density = held_out_metrics(model, sae, x_eval, splice_tokens, mean_act)
+                density = latent_density(sae, x_eval)
+                metrics = evaluate_sae(model, sae, HOOK, x_eval, splice_tokens, density=density,
+                                       mean_act=mean_act)
                 runs[n_tokens, seed] = (sae, density, {**metrics, "seconds": round(seconds, 1),
                                                        "lr": max(hist["lr"]), "curve": curve(hist)})
                 print(f"{name} seed {seed} {n_tokens:>10,} tokens {seconds:7.0f} s  "
@@ -150,7 +129,7 @@ def main() -> None:
         if len(seeds) == 2:
             for n_tokens in (budget // 2, budget):
                 (a, da, ma), (b, _, _) = runs[n_tokens, seeds[0]], runs[n_tokens, seeds[1]]
-                ma["mmcs"] = mmcs(a, b, da)
+                ma["mmcs"] = sm.metrics.mmcs(a.W_dec[da > 0], b.W_dec)   # a's alive latents
         entry = {"class": cls.__name__, "config": runs[budget, seeds[0]][0].config(),
                  "tokens": budget, "seeds": list(seeds),
                  "runs": {f"{n}/seed{s}": r[2] for (n, s), r in runs.items()}}

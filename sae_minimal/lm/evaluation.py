@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .activations import run_to_hook
 from ..io import as_sae
-from ..metrics import dead_fraction, fvu, l0
+from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
 from .validate import (check_hook, check_token_ids, check_tokens, check_width, module_device,
                        to_model_device)
 
@@ -107,6 +107,30 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         "fvu": fvu(torch.cat(acts_all), torch.cat(recon_all)), "l0": l0(latents),
         "dead_fraction": dead_fraction(latents),
     }
+
+
+DENSE = 0.1  # a latent firing on more than 10% of tokens counts as dense
+
+
+@torch.no_grad()
+def evaluate_sae(model, sae, hook_name: str, x: Tensor, tokens: Tensor | None, *,
+                 density: Tensor, mean_act: Tensor) -> dict[str, float]:
+    """An SAE's metrics on held-out activations x [n, d_in]: FVU, L0, shrinkage γ around
+    ``mean_act`` [d_in] (``metrics.relative_reconstruction_bias``), dead and dense fractions of
+    ``density`` [d_sae] (firing on no / more than ``DENSE`` of tokens); and, given held-out
+    ``tokens`` [m, context], CE loss recovered, ΔCE and KL with the SAE spliced in (``splice_eval``,
+    mean-ablation at ``mean_act``)."""
+    out = [sae(chunk) for chunk in x.split(8192)]
+    x_hat = torch.cat([o.x_hat for o in out])
+    latents = torch.cat([o.latents for o in out])
+    result = {"l0": l0(latents), "fvu": fvu(x, x_hat), "dead": dead_fraction(density),
+              "dense": float((density > DENSE).float().mean()),
+              "gamma": relative_reconstruction_bias(x, x_hat, center=mean_act)}
+    if tokens is not None:
+        s = splice_eval(model, sae, hook_name, tokens, mean_act=mean_act, progress=False)
+        result.update(ce_recovered=s["ce_loss_recovered"], ce_delta=s["ce_delta"],
+                      kl=s["kl_div"])
+    return result
 
 
 def per_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:

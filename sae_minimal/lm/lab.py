@@ -44,9 +44,8 @@ from .. import __version__
 from .activations import ActivationStore, cache_activations, run_to_hook
 from .cachefiles import file_lock
 from ..base import BaseSAE
-from .evaluation import latent_density, splice_eval
+from .evaluation import evaluate_sae, latent_density
 from ..io import as_sae, load_sae, save_sae
-from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
 from .models import fingerprint, lm_name, load_lm
 from .references import load_reference, reference_card
 from .text import load_tokens
@@ -63,7 +62,6 @@ SIZES = {
     "eval_windows": (64, 16),           # held-out windows for the model-in-the-loop metrics
                                         # (8k / 2k tokens)
 }
-DENSE = 0.1  # a latent firing on more than 10% of tokens counts as dense
 # Gao et al.'s learning-rate rule, 2e-4·√(16384 / d_sae), is tuned for runs of billions of tokens.
 # The lab's runs are under a million, and 4x that rate gets much further in them: TopK k=16, 2048
 # latents, 600k stand-in tokens, held-out FVU 0.166 at Gao's rate vs 0.123 at 4x, for a few per
@@ -248,19 +246,8 @@ class Lab:
         recovered and KL (``evaluation.splice_eval``). ``sae``: ours, or a SAELens SAE object."""
         sae = as_sae(sae)
         x = self.eval_activations()
-        out = [sae(chunk) for chunk in x.split(8192)]
-        x_hat = torch.cat([o.x_hat for o in out])
-        latents = torch.cat([o.latents for o in out])
-        density = self.density(sae)
-        result = {"l0": l0(latents), "fvu": fvu(x, x_hat), "dead": dead_fraction(density),
-                  "dense": float((density > DENSE).float().mean()),
-                  "gamma": relative_reconstruction_bias(x, x_hat, center=self._mean_act)}
-        if splice:
-            s = splice_eval(self.model, sae, self.hook, self.held_out, mean_act=self._mean_act,
-                            progress=False)
-            result.update(ce_recovered=s["ce_loss_recovered"], ce_delta=s["ce_delta"],
-                          kl=s["kl_div"])
-        return result
+        return evaluate_sae(self.model, sae, self.hook, x, self.held_out if splice else None,
+                            density=self.density(sae), mean_act=self._mean_act)
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
         """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..base import BaseSAE
-from ..io import load_sae
+from ..io import from_sae_lens, load_sae
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference_saes"
 CARD_JSON = "card.json"
@@ -105,7 +105,6 @@ def load_pretrained(release: str, sae_id: str | None = None, *,
                            "Offline, compare with the shipped references: load_reference(name), "
                            f"names from list_references().")
     theirs = lm_extra("sae_lens").SAE.from_pretrained(release, sae_id, device=str(device))
-    from ..io import from_sae_lens
     ours = from_sae_lens(theirs).eval()
     ours.sae_lens_metadata = {**ours.sae_lens_metadata,
                               "release": release, "sae_id": sae_id}
