@@ -24,6 +24,7 @@ from .io import CheckpointError, load_sae, save_sae
 from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaSAE, MatryoshkaTopKSAE
 from .relu import ReLUSAE
+from .resampling import resample_dead_latents
 from .topk import TopKSAE
 from .train import History, TrainingDiverged, TrainingWarning, train_sae
 
@@ -32,5 +33,5 @@ __version__ = "0.3.0"
 __all__ = [
     "BaseSAE", "Encoding", "SAEOutput", "ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE",
     "GatedSAE", "MatryoshkaSAE", "MatryoshkaTopKSAE", "train_sae", "History", "TrainingDiverged",
-    "TrainingWarning", "save_sae", "load_sae", "CheckpointError", "metrics",
+    "TrainingWarning", "save_sae", "load_sae", "CheckpointError", "metrics", "resample_dead_latents",
 ]

@@ -55,7 +55,8 @@ PRECISIONS = ("fp32", "bf16")
 
 def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay_frac,
                     sparsity_warmup_frac, b_dec_init, grad_clip, dead_window, log_every,
-                    seed, precision="fp32") -> int | None:
+                    seed, precision="fp32", resample_every=None,
+                    resample_until=0.5) -> int | None:
     """Refuse, before anything changes, a setting that cannot train (NaN, 0 or negative where
     that means nothing). Returns n_tokens as an int (``1e6`` is fine) or None."""
     rules = [  # (name, value, is it usable?, what to pass instead)
@@ -87,6 +88,12 @@ def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay
         ("log_every", log_every, log_every is None or (_integer(log_every) and log_every >= 1),
          "an integer >= 1 (steps), or None for about 200 points per run"),
         ("seed", seed, _integer(seed), "an integer"),
+        ("resample_every", resample_every, resample_every is None
+         or (_integer(resample_every) and resample_every >= 1),
+         "an integer >= 1 (training tokens between resamplings), or None for no resampling"),
+        ("resample_until", resample_until, _real(resample_until) and 0 <= resample_until <= 1,
+         "a number in [0, 1]: the first fraction of training during which dead latents are "
+         "resampled"),
         ("precision", precision, isinstance(precision, str) and precision in PRECISIONS,
          "'fp32' (the default) or 'bf16' (bfloat16 autocast for the forward and backward passes, "
          "float32 weights and Adam state)" + (

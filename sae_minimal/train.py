@@ -10,6 +10,7 @@ What it does, in order (each step named where it happens below):
      linear LR warmup and a linear decay to 0 over the last ``lr_decay_frac`` of training, and a
      linear warmup of the sparsity coefficient (Conerly et al. 2024);
   4. keep decoder rows unit-norm: remove the gradient's radial part, step, renormalise;
+     (4b. optionally, every ``resample_every`` tokens, resample dead latents: resampling.py);
   5. log loss terms, FVU, L0 and the dead fraction to a ``History`` ready to plot.
 
 Nothing returns garbage without a word (the checks live in ``guards.py``): settings that cannot
@@ -39,12 +40,14 @@ from .base import BaseSAE, check_activations
 from .guards import (EXPLODED, TrainingDiverged, TrainingWarning, check_sae, check_settings,
                      diverged, input_scale, rows_text, step_is_sound, training_units, warn)
 from .metrics import fvu, l0
+from .resampling import resample_dead_latents
 
 
 class History(dict):
     """Training curves: a dict of equal-length lists ("step", "tokens", "loss", "mse", "fvu", "l0",
     "dead_frac", "lr", one entry per loss term), plus floats "input_scale", "seconds" (wall time of
-    the loop) and "data_seconds" (of which spent waiting for the next batch: the data path)."""
+    the loop) and "data_seconds" (of which spent waiting for the next batch: the data path), and,
+    when training resampled dead latents, "resampled": [tokens, latents resampled] pairs."""
 
     def plot(self, keys: tuple[str, ...] = ("loss", "fvu", "l0", "dead_frac"), ax=None):
         """One small panel per key against tokens seen. Returns the matplotlib figure."""
@@ -217,7 +220,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
               normalize: bool = True, b_dec_init: str = "geometric_median",
               grad_clip: float | None = 1.0, dead_window: int | None = None,
               log_every: int | None = None, seed: int = 0, progress: bool = True,
-              device: str | torch.device | None = None, precision: str = "fp32") -> History:
+              device: str | torch.device | None = None, precision: str = "fp32",
+              resample_every: int | None = None, resample_until: float = 0.5) -> History:
     """Train ``sae`` in place and return its training History.
 
     Args:
@@ -241,6 +245,11 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                      Adam's state stay float32. For GPUs with tensor cores; off by default, as
                      on a CPU it gains nothing (TopK 256 x 2048 on 2 AVX-512 cores: 3.0 s vs
                      3.1 s for 40 steps).
+        resample_every: every this many training tokens, during the first ``resample_until``
+                     fraction of training, resample the latents dead by ``dead_window``
+                     (Bricken et al. 2023; ``resampling.resample_dead_latents``). None: never
+                     (AuxK, where the variant has it, revives latents instead). The History's
+                     "resampled" holds one [tokens, latents resampled] pair per resampling.
 
     Settings that cannot train (NaN, n_tokens=0, float16 weights, ...) raise ValueError at once.
     A loss term or gradient that goes non-finite, or a loss that explodes, stops training with
@@ -251,7 +260,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         n_tokens=n_tokens, batch_size=batch_size, lr=lr, betas=betas,
         lr_warmup_steps=lr_warmup_steps, lr_decay_frac=lr_decay_frac,
         sparsity_warmup_frac=sparsity_warmup_frac, b_dec_init=b_dec_init, grad_clip=grad_clip,
-        dead_window=dead_window, log_every=log_every, seed=seed, precision=precision)
+        dead_window=dead_window, log_every=log_every, seed=seed, precision=precision,
+        resample_every=resample_every, resample_until=resample_until)
     check_sae(sae)
     device = torch.device(device) if device is not None else sae.W_dec.device
     sae.to(device)
@@ -284,6 +294,9 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     history = History(input_scale=scale)
+    if resample_every:
+        history["resampled"], next_resample = [], resample_every
+        resample_gen = torch.Generator().manual_seed(seed)
     # a loss above limit means training diverged (set after step 0; see EXPLODED)
     limit, x_sq = math.inf, float((sample * scale).pow(2).sum(-1).mean())
     sae.train()
@@ -330,6 +343,13 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
 
             tokens += x.shape[0]
             step += 1
+            if resample_every and tokens >= next_resample:  # 4b. dead-latent resampling
+                next_resample += resample_every
+                if n_tokens is None or tokens <= resample_until * n_tokens:
+                    revived = resample_dead_latents(sae, sample * scale,
+                                                    sae.dead_mask(dead_window), opt,
+                                                    generator=resample_gen)
+                    history["resampled"].append([tokens, int(revived.numel())])
             if step % log_every == 0 or step == n_steps:  # 5. history
                 _log(history, step, tokens, out, x, sae, dead_window, opt.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
