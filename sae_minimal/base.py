@@ -140,6 +140,9 @@ class BaseSAE(nn.Module):
     unit_norm_decoder: ClassVar[bool] = True  # trainer keeps ||W_dec[i]|| = 1
     # Parameters in the units of x (biases, thresholds): folding an activation scale divides these.
     scaled_with_input: ClassVar[tuple[str, ...]] = ("b_enc", "b_dec")
+    # config() entries in the units of x too (JumpReLU's bandwidth): training folds its input scale
+    # into them, so a trained SAE's value differs from the one it was built with.
+    config_in_input_units: ClassVar[tuple[str, ...]] = ()
     # State the trainer reads and writes (declared here, never probed by name):
     dead_window: int = 100_000  # a latent is dead after this many training tokens without firing
     trained_tokens: int = 0     # tokens trained on so far; > 0 means train_sae continues training

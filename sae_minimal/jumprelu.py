@@ -58,6 +58,7 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
     """
 
     architecture = "jumprelu"
+    config_in_input_units = ("bandwidth",)
 
     def __init__(self, d_in: int, d_sae: int, *, l0_coeff: float = 1.0, bandwidth: float = 2.0,
                  init_threshold: float = 1.0, **kw):

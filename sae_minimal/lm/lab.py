@@ -263,8 +263,12 @@ def _mismatch(loaded: BaseSAE, made: BaseSAE) -> str | None:
     if type(loaded) is not type(made) or (loaded.d_in, loaded.d_sae) != (made.d_in, made.d_sae):
         return (f"it holds a {type(loaded).__name__}({loaded.d_in}, {loaded.d_sae}), not the "
                 f"{type(made).__name__}({made.d_in}, {made.d_sae}) its name stands for")
-    if json.dumps(loaded.config(), sort_keys=True, default=str) != \
-            json.dumps(made.config(), sort_keys=True, default=str):
+    # settings in the units of x change when training folds its input scale in (JumpReLU's
+    # bandwidth): the cache key already holds the value the SAE was built with
+    def settings(sae: BaseSAE) -> str:
+        kept = {k: v for k, v in sae.config().items() if k not in type(sae).config_in_input_units}
+        return json.dumps(kept, sort_keys=True, default=str)
+    if settings(loaded) != settings(made):
         return f"its settings {loaded.config()} differ from {made.config()}"
     if not all(torch.isfinite(p).all() for p in loaded.parameters()):
         return "its weights contain NaN/inf values"
