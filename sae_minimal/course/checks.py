@@ -651,3 +651,520 @@ def check_matryoshka_loss(fn: Callable) -> None:
             _fail(name, hints[key])
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the "
                 "batch of ||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")
+
+
+# --- Notebook 04 part 2: shrinkage on real activations ---------------------------------------------
+def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None:
+    """fn(x [N, d], x_hat [N, d], center [d]) -> γ = E||x̂ - c||² / E[(x̂ - c)·(x - c)]
+    (Rajamanoharan et al. 2024a, sec. 5.1), measured around ``center``."""
+    name = "check_reconstruction_bias"
+    gen = torch.Generator().manual_seed(0)
+    center = 10.0 * torch.randn(16, generator=gen)          # a large shared offset, as in a
+    signal = torch.randn(256, 16, generator=gen)             # residual stream
+    x = center + signal
+    x_hat = center + 0.7 * signal + 0.05 * torch.randn(256, 16, generator=gen)   # shrunk by 0.7
+    xc, hc = x - center, x_hat - center
+    want = float(hc.pow(2).sum() / (hc * xc).sum())
+    got = _call(name, fn, x, x_hat, center)
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        _fail(name, f"return γ as a float (e.g. `float(...)` of a 0-d tensor), got {got!r}.")
+    wrong = {
+        "uncentred": float(x_hat.pow(2).sum() / (x_hat * x).sum()),
+        "inverted": float((hc * xc).sum() / hc.pow(2).sum()),
+        "norms": float(hc.norm(dim=-1).mean() / xc.norm(dim=-1).mean()),
+        "x squared": float(xc.pow(2).sum() / (hc * xc).sum()),
+    }
+    hints = {
+        "uncentred": "you measured around 0, not around `center`: subtract center from x and "
+                     "x_hat first. With a residual stream's large shared offset both vectors are "
+                     "mostly that offset, so every SAE would look unbiased (γ ≈ 1).",
+        "inverted": "you computed 1/γ: γ = E||x̂||² / E[x̂·x] is the scale to *divide* x̂ by "
+                    "(argmin over γ' of E||x̂/γ' - x||²), so shrinkage gives γ < 1.",
+        "norms": "you compared average lengths: γ is the least-squares scale, "
+                 "E||x̂||² / E[x̂·x], which also counts how well x̂ points along x.",
+        "x squared": "the numerator is E||x̂||² (the reconstruction), not E||x||².",
+    }
+    for key, value in wrong.items():
+        if math.isclose(got, value, rel_tol=1e-3) and not math.isclose(got, want, rel_tol=1e-3):
+            _fail(name, hints[key])
+    if not math.isclose(got, want, rel_tol=1e-3):
+        _fail(name, f"expected γ = {want:.4f} on a reconstruction shrunk to 0.7 of the signal, "
+                    f"got {got:.4f}. Sum (or average) over both the batch and d_in: "
+                    "(x̂-c)² over (x̂-c)·(x-c).")
+    _passed(name, f"γ = {want:.3f} for a reconstruction shrunk to 0.7x around a large offset "
+                  "(uncentred it would read "
+                  f"{wrong['uncentred']:.3f})")
+
+
+# --- Notebook 05: the steering hook ----------------------------------------------------------------
+def check_steering_hook(fn: Callable) -> None:
+    """fn(act [n, pos, d], direction [d], alpha) -> [n, pos, d]: act + alpha·direction at every
+    position except 0 (BOS), as given (not normalised), without changing act."""
+    name = "check_steering_hook"
+    gen = torch.Generator().manual_seed(0)
+    act = torch.randn(3, 6, 8, generator=gen)
+    direction = 2.5 * torch.randn(8, generator=gen)        # not unit norm on purpose
+    for alpha in (1.5, -0.7):
+        with torch.no_grad():
+            out = _call(name, fn, act, direction, alpha)
+        out = _as_tensor(name, out, act).detach()
+        want = act.clone()
+        want[:, 1:] += alpha * direction
+        if torch.allclose(out, want, atol=1e-5):
+            continue
+        added = out - act
+        if torch.allclose(added, torch.zeros_like(act), atol=1e-6):
+            _fail(name, "your output equals the input: nothing was added. Return act with "
+                        "alpha * direction added at positions 1, 2, ...")
+        if torch.allclose(out, act + alpha * direction, atol=1e-5):
+            _fail(name, "you also changed position 0, the BOS token. Its residual stream is many "
+                        "times larger than the others and no SAE was trained on it; leave "
+                        "act[:, 0] as it is and add alpha * direction to act[:, 1:] only.")
+        if torch.allclose(out[:, 1:], act[:, 1:] - alpha * direction, atol=1e-5):
+            _fail(name, "the sign is flipped: steering *adds* alpha * direction (alpha < 0 "
+                        "steers away).")
+        unit = direction / direction.norm()
+        if torch.allclose(out[:, 1:], act[:, 1:] + alpha * unit, atol=1e-5):
+            _fail(name, "you normalised the direction. Add it as given: the notebook's controls "
+                        "are scaled on purpose (to a matched norm or a matched direct effect on "
+                        "the logits), and normalising would undo that.")
+        if torch.allclose(out[:, 1:], act[:, 1:] + direction, atol=1e-5):
+            _fail(name, f"you added the direction without scaling it by alpha (= {alpha} here).")
+        if torch.allclose(out[:, :-1], act[:, :-1], atol=1e-6):
+            _fail(name, "only the last position changed. Steering adds the vector at *every* "
+                        "position (except BOS): the model reads the concept from all of them, and "
+                        "during generation each new token's position gets it too.")
+        if not torch.allclose(out[:, 0], act[:, 0], atol=1e-6):
+            _fail(name, "position 0 (BOS) changed; it must stay as it is.")
+        _fail(name, f"with alpha = {alpha}, expected act[:, 1:] + alpha * direction; the largest "
+                    f"difference is {float((out - want).abs().max()):.3g}. Check which axis the "
+                    "direction [d] is added along (the last one).")
+    _passed(name, "alpha·direction added at every position but BOS, unnormalised, input untouched")
+
+
+# --- Notebook 05: the mean-difference direction ----------------------------------------------------
+def check_mean_difference(fn: Callable) -> None:
+    """fn(x [N, d], holds [N] bool) -> [d]: mean of x where holds minus mean where not."""
+    name = "check_mean_difference"
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=gen) + torch.linspace(-2, 3, 6)
+    holds = torch.rand(200, generator=gen) < 0.15            # rare, as concepts are
+    x[holds] += torch.tensor([4.0, 0, 0, -2.0, 0, 1.0])
+    with torch.no_grad():
+        out = _call(name, fn, x, holds)
+    out = _as_tensor(name, out, x[0]).detach()
+    pos, neg = x[holds].mean(0), x[~holds].mean(0)
+    want = pos - neg
+    if torch.allclose(out, want, atol=1e-5):
+        _passed(name, f"{int(holds.sum())} of {len(x)} rows hold the concept: "
+                      "mean(x | holds) - mean(x | not holds)")
+        return
+    if torch.allclose(out, -want, atol=1e-5):
+        _fail(name, "the sign is flipped: it is mean(x where the concept holds) minus mean(x "
+                    "where it does not), so that adding it moves an activation *towards* the "
+                    "concept.")
+    if torch.allclose(out, pos - x.mean(0), atol=1e-5):
+        _fail(name, "you subtracted the mean over *all* rows. Subtract the mean over the rows "
+                    "where the concept does *not* hold (x[~holds]); with a rare concept the two "
+                    "differ by a factor of about 1 - P(holds).")
+    if torch.allclose(out, want / want.norm(), atol=1e-5):
+        _fail(name, "you normalised the result: return the raw difference of means. Its length "
+                    "is information (how far apart the two groups are), and the notebook "
+                    "scales it itself.")
+    if torch.allclose(out, x[holds].sum(0) - x[~holds].sum(0), atol=1e-3):
+        _fail(name, "you took sums, not means: the larger group would dominate. Use .mean(0).")
+    if torch.allclose(out, pos, atol=1e-5):
+        _fail(name, "you returned only the mean where the concept holds; subtract the mean "
+                    "where it does not.")
+    _fail(name, "expected x[holds].mean(0) - x[~holds].mean(0) (a [d] vector); the largest "
+                f"difference is {float((out - want).abs().max()):.3g}.")
+
+
+# --- Notebook 07: fitting a power law with an irreducible term -------------------------------------
+def _power_law_cases() -> list[tuple[Tensor, Tensor, float, str]]:
+    """(N [n], L [n], L_inf, description): noisy power laws, noise multiplicative (as real losses
+    scatter: by a few per cent of their size, not by a fixed amount)."""
+    gen = torch.Generator().manual_seed(7)
+    cases = []
+    for c, alpha, L_inf, n, noise in ((3.0, 0.45, 0.05, 8, 0.08), (1.5, 0.25, 0.0, 6, 0.05),
+                                      (40.0, 0.8, 0.12, 10, 0.10)):
+        N = 2.0 ** torch.arange(6, 6 + n, dtype=torch.float64)
+        reducible = c * N ** -alpha * torch.exp(noise * torch.randn(n, generator=gen,
+                                                                    dtype=torch.float64))
+        cases.append((N, reducible + L_inf, L_inf, f"c={c}, alpha={alpha}, L_inf={L_inf}"))
+    return cases
+
+
+def _line(x: Tensor, y: Tensor) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line y ≈ slope·x + intercept."""
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    return slope, float(y.mean()) - slope * float(x.mean())
+
+
+def _linear_space_fit(N: Tensor, y: Tensor) -> tuple[float, float]:
+    """(c, alpha) minimising Σ (y - c·N^-alpha)² in linear space (alpha on a fine grid; for each
+    alpha the best c is closed-form)."""
+    alphas = torch.linspace(0.0, 2.0, 20001, dtype=torch.float64)
+    basis = N[None, :] ** -alphas[:, None]                           # [grid, n]
+    c = (basis * y).sum(1) / (basis * basis).sum(1)
+    err = (y - c[:, None] * basis).pow(2).sum(1)
+    i = int(err.argmin())
+    return float(c[i]), float(alphas[i])
+
+
+def check_power_law_fit(fn: Callable) -> None:
+    """fn(N [n], L [n], L_inf: float) -> (c, alpha) with L ≈ c·N^(-alpha) + L_inf: the
+    least-squares line through (ln N, ln(L - L_inf))."""
+    name = "check_power_law_fit"
+
+    def close(got: tuple[float, float], want: tuple[float, float], rel: float = 1e-3) -> bool:
+        return all(math.isclose(g, w, rel_tol=rel, abs_tol=1e-9) for g, w in zip(got, want))
+
+    for N, L, L_inf, what in _power_law_cases():
+        out = _call(name, fn, N, L, L_inf)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            _fail(name, f"return a tuple (c, alpha), got {out!r}.")
+        try:
+            got = tuple(float(v) for v in out)
+        except (TypeError, ValueError):
+            _fail(name, f"return two numbers (c, alpha), got {out!r}.")
+        slope, intercept = _line(N.log(), (L - L_inf).log())
+        want = (math.exp(intercept), -slope)
+        if close(got, want):
+            continue
+        where = f"on data made with {what}"
+        if close(got, (math.exp(intercept), slope)):
+            _fail(name, f"{where}: your alpha has the wrong sign. The law is c·N^(-alpha), so "
+                        "alpha = -slope of the log-log line: a loss that falls with N has "
+                        "alpha > 0.")
+        if L_inf > 0:
+            s0, i0 = _line(N.log(), L.log())
+            if close(got, (math.exp(i0), -s0), rel=1e-2):
+                _fail(name, f"{where}: you fitted ln L, not ln(L - L_inf): the irreducible "
+                            f"term L_inf = {L_inf} was ignored. Only the reducible part "
+                            "L - L_inf is a straight line in log-log space; fitting L itself "
+                            f"bends the line and underestimates alpha ({-s0:.3f} instead of "
+                            f"{want[1]:.3f} here).")
+        s1, i1 = _line(N, (L - L_inf).log())
+        if close(got, (math.exp(i1), -s1), rel=1e-2):
+            _fail(name, f"{where}: you took the log of L - L_inf but not of N (a semi-log fit). "
+                        "A power law is a straight line only when *both* axes are logs: use "
+                        "ln N as x.")
+        s2, i2 = _line(N.log(), L - L_inf)
+        if close(got, (math.exp(i2), -s2), rel=1e-2) or close(got, (i2, -s2), rel=1e-2):
+            _fail(name, f"{where}: you took the log of N but not of L - L_inf. A power law is a "
+                        "straight line only when both axes are logs: use ln(L - L_inf) as y.")
+        s3, i3 = _line((L - L_inf).log(), N.log())
+        if abs(s3) > 1e-12 and math.isclose(got[1], -1 / s3, rel_tol=1e-2):
+            _fail(name, f"{where}: you regressed ln N on ln(L - L_inf) (the axes swapped). Least "
+                        "squares is not symmetric: x is what you set (the width N), y is what "
+                        "you measured (the loss), and the noise is in y.")
+        if close(got, (math.exp(intercept / math.log(10)), -slope), rel=1e-3):
+            _fail(name, f"{where}: your alpha is right but c is not: you took log10 and then "
+                        "exponentiated the intercept with e. Undo a log10 with 10**intercept "
+                        "(or use natural logs throughout).")
+        lin = _linear_space_fit(N, L - L_inf)
+        if close(got, lin, rel=2e-3) or (math.isclose(got[1], lin[1], abs_tol=2e-4)
+                                         and not math.isclose(got[1], want[1], rel_tol=1e-3)):
+            _fail(name, f"{where}: you fitted c·N^(-alpha) in linear space (least squares on L "
+                        f"- L_inf itself): alpha = {got[1]:.3f} instead of {want[1]:.3f}. In "
+                        "linear space the few largest losses (smallest N) dominate the squared "
+                        "error and the noise, which is relative, is weighted wrongly; fit the "
+                        "straight line in log-log space.")
+        _fail(name, f"{where}: expected (c, alpha) = ({want[0]:.4g}, {want[1]:.4f}), the "
+                    f"least-squares line through (ln N, ln(L - L_inf)); got ({got[0]:.4g}, "
+                    f"{got[1]:.4f}).")
+    _passed(name, "3 noisy power laws (L_inf = 0.05, 0, 0.12): least-squares line in log-log "
+                  "space through the reducible part L - L_inf")
+
+
+# --- Notebook 06: matching latents across SAEs by decoder cosine ----------------------------------
+def _nearest_reference(W_a: Tensor, W_b: Tensor) -> tuple[Tensor, Tensor]:
+    a = torch.nn.functional.normalize(W_a, dim=-1)
+    b = torch.nn.functional.normalize(W_b, dim=-1)
+    return (a @ b.T).max(dim=1)
+
+
+def check_match_latents(fn: Callable) -> None:
+    """fn(W_a [n_a, d], W_b [n_b, d]) -> (cosines [n_a], indices [n_a]): for each decoder row of
+    W_a, the cosine to its nearest row of W_b and that row's index."""
+    name = "check_match_latents"
+    gen = torch.Generator().manual_seed(0)
+    d, n_a, n_b = 8, 12, 40
+    W_b = torch.randn(n_b, d, generator=gen) * (0.2 + 3 * torch.rand(n_b, 1, generator=gen))
+    # some of a's rows are scaled, negated or noisy copies of b's rows, so the answers are clear
+    W_a = torch.randn(n_a, d, generator=gen)
+    W_a[:6] = W_b[[3, 7, 7, 20, 31, 39]] * torch.tensor([[0.1], [5.0], [1.0], [2.0], [0.3], [1.0]])
+    W_a[6] = -W_b[11] * 4.0           # antipodal to b's row 11: cosine -1, not a match
+    W_a[7] = W_b[5] + 0.3 * torch.randn(d, generator=gen)
+    out = _call(name, fn, W_a, W_b)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        _fail(name, f"return a tuple (cosines, indices), got {type(out).__name__}.")
+    cos, idx = out
+    want_cos, want_idx = _nearest_reference(W_a, W_b)
+    if isinstance(cos, Tensor) and isinstance(idx, Tensor) and cos.dtype in (torch.long, torch.int) \
+            and idx.is_floating_point():
+        _fail(name, "you returned (indices, cosines): return (cosines, indices), in the order "
+                    "torch.max(dim=...) and sae_minimal.metrics.nearest use.")
+    if isinstance(cos, Tensor) and cos.shape == (n_b,):
+        _fail(name, f"your cosines have shape ({n_b},) = one per row of W_b: take the max over "
+                    "W_b's rows (dim=1 of the [n_a, n_b] cosine matrix), so that every latent of "
+                    "W_a gets its best match.")
+    cos = _as_tensor(name, cos, want_cos).detach()
+    idx = _as_tensor(name, idx, want_idx)
+    raw, raw_idx = (W_a @ W_b.T).max(dim=1)
+    if torch.equal(idx.long(), raw_idx) and not torch.equal(raw_idx, want_idx):
+        _fail(name, "you matched by the raw dot product W_a @ W_b.T: a long decoder row then wins "
+                    "whatever its direction. Normalise both W_a and W_b to unit rows first "
+                    "(torch.nn.functional.normalize(W, dim=-1)).")
+    abs_val, _ = (torch.nn.functional.normalize(W_a, dim=-1)
+                        @ torch.nn.functional.normalize(W_b, dim=-1).T).abs().max(dim=1)
+    if torch.allclose(cos, abs_val, atol=1e-4) and not torch.allclose(cos, want_cos, atol=1e-4):
+        _fail(name, f"row 6 of W_a points exactly opposite to row 11 of W_b and you scored it "
+                    "1: you took |cos|. A latent's activation is never negative, so it only ever "
+                    "writes +f·d_i; the opposite direction -d_i is a different latent, not a match. "
+                    "Keep the sign.")
+    only_b = (W_a @ torch.nn.functional.normalize(W_b, dim=-1).T).max(dim=1)
+    only_a = (torch.nn.functional.normalize(W_a, dim=-1) @ W_b.T).max(dim=1)
+    if torch.allclose(cos, only_b.values, atol=1e-4) or torch.allclose(cos, only_a.values, atol=1e-4):
+        _fail(name, "only one of W_a, W_b was normalised: a cosine divides by both norms, so "
+                    "normalise the rows of both matrices.")
+    if not torch.allclose(cos, want_cos, atol=1e-4):
+        worst = int((cos - want_cos).abs().argmax())
+        _fail(name, f"row {worst} of W_a: expected cosine {float(want_cos[worst]):.4f}, got "
+                    f"{float(cos[worst]):.4f}. The cosine of rows a and b is a·b / (|a| |b|).")
+    if not torch.equal(idx.long(), want_idx):
+        worst = int((idx.long() != want_idx).nonzero()[0])
+        _fail(name, f"row {worst} of W_a: your cosine is right but the index {int(idx[worst])} is "
+                    f"not the row of W_b it belongs to ({int(want_idx[worst])}); return the argmax "
+                    "that goes with the max.")
+    _passed(name, f"{n_a} latents matched into {n_b}: cosines and indices right, sign kept, "
+                  "scale ignored")
+
+
+# --- Notebook 06: firing precision and recall -----------------------------------------------------
+def check_firing_precision_recall(fn: Callable) -> None:
+    """fn(fires_p [N, n] bool, fires_q [N, n] bool) -> (precision [n], recall [n]): recall = of
+    the tokens where p_j fires, the share where q_j fires; precision = of the tokens where q_j
+    fires, the share where p_j fires; NaN where the denominator is 0."""
+    name = "check_firing_precision_recall"
+    gen = torch.Generator().manual_seed(0)
+    N = 200
+    p = torch.rand(N, 5, generator=gen) < torch.tensor([0.3, 0.3, 0.05, 0.5, 0.2])
+    q = torch.rand(N, 5, generator=gen) < 0.2
+    q[:, 0] = p[:, 0] & (torch.rand(N, generator=gen) < 0.4)   # a child: a subset of p's tokens
+    q[:, 1] = True                                              # a dense latent: recall for free
+    q[:, 4] = False                                             # never fires: precision undefined
+    out = _call(name, fn, p, q)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        _fail(name, f"return a tuple (precision, recall), got {type(out).__name__}.")
+    both, n_p, n_q = (p & q).sum(0).double(), p.sum(0).double(), q.sum(0).double()
+    want_recall, want_precision = both / n_p, both / n_q           # q[:, 4]: 0/0 = NaN
+    precision, recall = (_as_tensor(name, t, want_recall).detach().double() for t in out)
+
+    def same(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.allclose(a, b, atol=1e-6, equal_nan=True))
+
+    if same(precision, want_recall) and same(recall, want_precision):
+        _fail(name, "you swapped precision and recall. Recall divides by the tokens where p (the "
+                    "latent you start from) fires; precision divides by the tokens where q fires. "
+                    "Column 0's q fires on a subset of p's tokens: its precision must be 1.")
+    if same(recall, both / N) or same(precision, both / N):
+        _fail(name, "you divided by the number of tokens N: that is how often both fire, not a "
+                    "precision or recall. Divide by how often p fires (recall) or q fires "
+                    "(precision).")
+    union = (p | q).sum(0).double()
+    if same(recall, both / union) or same(precision, both / union):
+        _fail(name, "you divided by the tokens where either fires (the Jaccard index): divide by "
+                    "where p fires (recall) or where q fires (precision).")
+    if not torch.isnan(precision[4]):
+        _fail(name, f"column 4's q never fires, so its precision is 0/0; you returned "
+                    f"{float(precision[4]):.3g}. Return NaN there (torch.where(n_q > 0, ..., nan)): "
+                    "a 0 would count a latent we know nothing about as a bad match, and averages "
+                    "should skip it (nanmean).")
+    if not same(recall, want_recall):
+        worst = int((recall - want_recall).nan_to_num(0).abs().argmax())
+        _fail(name, f"recall of column {worst}: expected {float(want_recall[worst]):.4f}, got "
+                    f"{float(recall[worst]):.4f}. Recall = #(p and q) / #p, counted over the N "
+                    "tokens (sum over dim 0).")
+    if not same(precision, want_precision):
+        worst = int((precision - want_precision).nan_to_num(0).abs().argmax())
+        _fail(name, f"precision of column {worst}: expected {float(want_precision[worst]):.4f}, "
+                    f"got {float(precision[worst]):.4f}. Precision = #(p and q) / #q.")
+    _passed(name, f"{p.shape[1]} latent pairs on {N} tokens: a child (precision 1, recall "
+                  f"{float(want_recall[0]):.2f}), an always-on latent (recall 1, precision "
+                  f"{float(want_precision[1]):.2f}), NaN where q never fires")
+
+
+# --- Notebook 08: evaluating SAEs beyond reconstruction ------------------------------------------
+def _balanced(pred: Tensor, truth: Tensor) -> float:
+    return 0.5 * (float(pred[truth].float().mean()) + float((~pred[~truth]).float().mean()))
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            _fail(name, f"return one number (a float), got a tensor of shape {tuple(value.shape)}.")
+        value = value.item()
+    if not isinstance(value, (int, float)):
+        _fail(name, f"return a float, got {type(value).__name__}.")
+    return float(value)
+
+
+def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """fn(pred [n, L] bool, acts [n, L]) -> float: balanced accuracy over contexts, a context
+    firing when any act > 0 and predicted when any pred is True."""
+    name = "check_detection_score"
+    # 4 firing and 8 silent contexts of 5 tokens; the simulator gets 3 of 4 and 6 of 8 right
+    acts = torch.zeros(12, 5)
+    acts[0, 1], acts[1, 3], acts[2, 0], acts[3, 4] = 2.0, 0.5, 1.0, 3.0
+    acts[3, 2] = 1.5
+    acts[5, 2] = -0.7   # a negative pre-activation-like value: not firing
+    pred = torch.zeros(12, 5, dtype=torch.bool)
+    pred[0, 1] = pred[1, 2] = pred[2, 0] = True        # context 1: right context, wrong token
+    pred[4, 0] = pred[6, 3] = pred[7, 0] = True         # three false alarms
+    want = _balanced(pred.any(1), (acts > 0).any(1))
+    got = _as_float(name, _call(name, fn, pred, acts))
+    if math.isclose(got, want, abs_tol=1e-6):
+        trivial = _as_float(name, _call(name, fn, torch.ones(12, 5, dtype=torch.bool), acts))
+        if not math.isclose(trivial, 0.5, abs_tol=1e-6):
+            _fail(name, f"a simulator that says 'fires' for every context must score 0.5 "
+                        f"(chance), you gave {trivial:.3f}.")
+        _passed(name, f"12 contexts (4 firing): balanced accuracy {want:.4f}; predicting "
+                      "'fires' everywhere scores 0.5")
+        return
+    ctx_pred, ctx_true = pred.any(1), (acts > 0).any(1)
+    wrong = {
+        "plain accuracy": float((ctx_pred == ctx_true).float().mean()),
+        "token level": _balanced(pred.flatten(), (acts > 0).flatten()),
+        "all tokens": _balanced(pred.all(1), (acts > 0).all(1)) if (acts > 0).all(1).any()
+        else float("nan"),
+        ">= 0": float((ctx_pred == (acts >= 0).any(1)).float().mean()),
+        "recall only": float(ctx_pred[ctx_true].float().mean()),
+        "abs": _balanced(ctx_pred, (acts != 0).any(1)),
+    }
+    hints = {
+        "plain accuracy": "you computed plain accuracy. Firing contexts are the minority, so a "
+                          "simulator that always says 'no' would look good: average the "
+                          "true-positive rate (on firing contexts) and the true-negative rate (on "
+                          "silent ones).",
+        "token level": "you scored single tokens. Detection asks per *context* whether the latent "
+                       "fires anywhere in it: reduce with .any(dim=1) first (the fuzzing score is "
+                       "the token-level one).",
+        "all tokens": "a context fires when *any* of its tokens has act > 0, not all of them.",
+        ">= 0": "a latent fires where its activation is > 0; with >= 0 every context 'fires'.",
+        "recall only": "you returned only the true-positive rate: a simulator that predicts "
+                       "'fires' for everything would score 1.0. Average it with the "
+                       "true-negative rate.",
+        "abs": "a negative value is not firing: use acts > 0, not acts != 0.",
+    }
+    for key, value in wrong.items():
+        if math.isclose(got, value, abs_tol=1e-6):
+            _fail(name, hints[key])
+    _fail(name, f"expected {want:.4f}, got {got:.4f}. Per context: fired = (acts > 0).any(1), "
+                "predicted = pred.any(1); then (TPR + TNR) / 2.")
+
+
+def check_top_k_features(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
+    """fn(X [n, d], y [n] bool, k) -> LongTensor [k]: the k columns with the largest
+    |mean(X[y]) - mean(X[~y])| / (std(X) + 1e-6)."""
+    name = "check_top_k_features"
+    gen = torch.Generator().manual_seed(0)
+    n, d = 400, 10
+    y = torch.rand(n, generator=gen) < 0.3
+    X = torch.randn(n, d, generator=gen)
+    X[:, 2] += 1.5 * y            # higher where the property holds
+    X[:, 5] -= 1.2 * y            # lower where it holds: separates as well
+    X[:, 7] = 20 * X[:, 7] + 4.0 * y   # a large raw difference, small in units of its spread
+    X[:, 8] += 0.8 * y
+    score = (X[y].mean(0) - X[~y].mean(0)).abs() / (X.std(0) + 1e-6)
+    for k in (1, 3):
+        want = set(score.topk(k).indices.tolist())
+        got = _call(name, fn, X, y, k)
+        if not isinstance(got, Tensor):
+            _fail(name, f"return a torch.Tensor of indices, got {type(got).__name__}.")
+        if got.is_floating_point():
+            _fail(name, "you returned floating-point values: return the *indices* of the "
+                        "features (topk(...).indices), a LongTensor.")
+        if got.numel() != k:
+            _fail(name, f"for k={k} return {k} indices, got {got.numel()}.")
+        got_set = set(got.flatten().tolist())
+        if got_set == want:
+            continue
+        signed = set((X[y].mean(0) - X[~y].mean(0)).div(X.std(0) + 1e-6).topk(k).indices.tolist())
+        raw = set((X[y].mean(0) - X[~y].mean(0)).abs().topk(k).indices.tolist())
+        smallest = set(score.topk(k, largest=False).indices.tolist())
+        if got_set == raw:
+            _fail(name, "you ranked by the raw mean difference: a feature with a large scale "
+                        "(column 7 here) wins without separating the classes. Divide by each "
+                        "column's standard deviation.")
+        if got_set == signed:
+            _fail(name, "you kept the sign: a feature that is *lower* where the property holds "
+                        "(column 5 here) separates the classes just as well. Rank by the "
+                        "absolute difference.")
+        if got_set == smallest:
+            _fail(name, "you picked the k *smallest* differences: take the largest (topk).")
+        _fail(name, f"for k={k} expected the columns {sorted(want)}, got {sorted(got_set)}. "
+                    "Score each column by |mean(X[y]) - mean(X[~y])| / (X.std(0) + 1e-6).")
+    _passed(name, "k = 1 and 3 on 10 features: the standardised, absolute mean difference picks "
+                  "columns " + str(sorted(want)))
+
+
+def check_absorption_rate(fn: Callable) -> None:
+    """fn(codes [n, d_sae], positive [n] bool, main [m] long, cos_to_probe [d_sae], tau) -> float:
+    the fraction of positive rows where no main latent fires and another firing latent has
+    cos_to_probe >= tau."""
+    name = "check_absorption_rate"
+    d_sae = 6
+    cos = torch.tensor([0.9, 0.5, 0.05, -0.6, 0.3, 0.0])
+    main = torch.tensor([0])
+    rows = [  # (latents firing, positive)
+        ([0], True), ([0, 1], True), ([0, 4], True), ([1], True), ([4], True), ([3], True),
+        ([2], True),
+        ([], True), ([1, 2], True), ([1], False), ([0], False), ([3], False), ([], False),
+    ]
+    codes = torch.zeros(len(rows), d_sae)
+    for r, (fire, _) in enumerate(rows):
+        codes[r, fire] = 1.0 + r / 10
+    positive = torch.tensor([p for _, p in rows])
+    tau = 0.2
+    fires = codes > 0
+    silent = ~fires[:, main].any(1)
+    aligned = cos >= tau
+    absorbed = silent & (fires & aligned).any(1)
+    want = float(absorbed[positive].float().mean())
+    got = _as_float(name, _call(name, fn, codes, positive, main, cos, tau))
+    if math.isclose(got, want, abs_tol=1e-6):
+        _passed(name, f"{int(positive.sum())} positive rows: {int(absorbed[positive].sum())} "
+                      f"absorbed, rate {want:.4f}")
+        return
+    wrong = {
+        "all rows": float(absorbed.float().mean()),
+        "over misses": float(absorbed[positive].sum() / (silent & positive).sum()),
+        "main may fire": float((fires & aligned & ~torch.isin(torch.arange(d_sae), main))
+                               .any(1)[positive].float().mean()),
+        "abs cos": float((silent & (fires & (cos.abs() >= tau)).any(1))[positive].float().mean()),
+        "miss rate": float(silent[positive].float().mean()),
+    }
+    hints = {
+        "all rows": "you divided by all rows: the rate is over the rows *with the property* "
+                    "(positive), since absorption means the parent latent missing where it "
+                    "should fire.",
+        "over misses": "you divided by the rows where the main latents are silent: the rate is a "
+                       "fraction of all positive rows (miss rate x share of misses absorbed).",
+        "main may fire": "you counted rows where a main latent fires: there the parent is not "
+                         "missing, so nothing was absorbed.",
+        "abs cos": "you used |cos|: a latent pointing *against* the probe direction (cos < 0) "
+                   "does not carry the parent feature. Compare cos_to_probe >= tau.",
+        "miss rate": "you returned the miss rate (main latents silent on positive rows). A miss "
+                     "counts as absorption only when another firing latent is aligned with the "
+                     "probe (cos >= tau); otherwise the SAE simply lost the feature there.",
+    }
+    for key, value in wrong.items():
+        if math.isclose(got, value, abs_tol=1e-6):
+            _fail(name, hints[key])
+    _fail(name, f"expected {want:.4f}, got {got:.4f}. Among positive rows: no main latent "
+                "fires, and some firing latent j has cos_to_probe[j] >= tau.")
