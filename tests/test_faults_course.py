@@ -387,7 +387,7 @@ def change_everything(*args):
     with torch.no_grad():
         for arg in args:
             if isinstance(arg, torch.Tensor):
-                arg.add_(1.0)
+                arg.logical_not_() if arg.dtype == torch.bool else arg.add_(1)
             elif isinstance(arg, list):
                 arg.append(1)
             elif isinstance(arg, torch.nn.Module):

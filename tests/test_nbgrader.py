@@ -65,8 +65,8 @@ def test_nbgrader_command_sets_up_a_course_directory(tmp_path, capsys):
     assert "differ from solutions/" in capsys.readouterr().err and "d_in / d_sae" in copy.read_text()
     assert cli.main(["nbgrader", str(tmp_path), "--force"]) == 0                 # ...unless --force
     assert copy.read_text() == (ROOT / "solutions" / copy.name).read_text()
-    assert cli.main(["nbgrader", str(tmp_path), "07"]) == 2
-    assert "no solution notebook called 07" in capsys.readouterr().err
+    assert cli.main(["nbgrader", str(tmp_path), "99"]) == 2
+    assert "no solution notebook called 99" in capsys.readouterr().err
 
 
 # --- the real pipeline -------------------------------------------------------------------------------------------

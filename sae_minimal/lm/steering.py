@@ -15,12 +15,20 @@ removes what latent i contributes and nothing else; the SAE's reconstruction err
 control moves x by the same amount in a random direction: x - f_i(x)·||d_i||·r with r a random unit
 vector (``ablation_effect``).
 
+Choosing what to steer with, and controls that are not SAE latents (notebook 05): a concept is
+defined from the text (``concept_tokens``, ``concept_context``), a latent is chosen by how well its
+firing separates where the concept holds (``firing_f1``: its input side, not its decoder), and it
+is compared with the mean-difference direction (``mean_difference``) and the concept tokens' mean
+unembedding (``unembedding_direction``), scaled to the same direct logit effect on the concept
+tokens (``direct_logit_effect``).
+
 Shapes: tokens [n, pos] with BOS first; activations [n, pos, d_in]; directions [d_in]. An ``sae``
 may be one of ours or a SAELens SAE object (``io.as_sae`` translates it).
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import partial
 
 import torch
@@ -34,9 +42,25 @@ from .validate import (check_finite, check_hook, check_latent, check_latents, ch
                        check_tokens, check_width, to_model_device)
 
 
+# The controls draw from a stream of their own. With ``manual_seed(seed)`` the control for seed s
+# was exactly row 0 of the initial W_dec of ``BaseSAE(d, ..., seed=s)`` (the same randn stream,
+# normalised the same way): a "random" direction the SAE started from. The CPU generator keeps
+# only the low 32 bits of a seed, so an offset above 2**32 would change nothing; instead each
+# control seed maps to a generator seed in [2**31, 2**32), a range the package's SAEs, data and
+# notebooks never seed with (they use small integers), scrambled by a multiplicative hash.
+_CONTROL_STREAM = zlib.crc32(b"sae_minimal.lm.steering.random_direction")
+
+
+def _control_seed(seed: int) -> int:
+    return 2**31 + (_CONTROL_STREAM + seed * 0x9E3779B1) % 2**31
+
+
 def random_direction(d: int, seed: int = 0, norm: float = 1.0) -> Tensor:
-    """[d] a uniformly random direction with the given norm (the matched-norm control)."""
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    """[d] a uniformly random direction with the given norm (the matched-norm control), drawn
+    from its own random stream (``_control_seed(seed)``), never an SAE's initial decoder row."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        raise ValueError(f"seed must be an integer in [0, 2**31), got {seed!r}.")
+    v = torch.randn(d, generator=torch.Generator().manual_seed(_control_seed(seed)))
     return norm * v / v.norm()
 
 
@@ -146,6 +170,87 @@ def logit_effect_z(model, sae, latents: Tensor | list[int]) -> Tensor:
     return (effects - effects.mean(-1, keepdim=True)) / effects.std(-1, keepdim=True)
 
 
+# --- choosing a latent from its input side, and directions that are not SAE latents -------------
+def concept_tokens(tokenizer, vocab_size: int, words: set[str] | list[str]) -> Tensor:
+    """[m] ids of every vocabulary token that decodes to one of ``words`` up to case and
+    surrounding whitespace (" thou", "Thou", "thou"): a concept defined by the text alone,
+    before any SAE or logit is looked at."""
+    wanted = {w.strip().lower() for w in words}
+    ids = [i for i in range(vocab_size) if tokenizer.decode([i]).strip().lower() in wanted]
+    if not ids:
+        raise ValueError(f"No token of the vocabulary decodes to any of {sorted(wanted)}: check "
+                         "the spelling, or pick words the tokenizer keeps whole.")
+    return torch.tensor(ids)
+
+
+def concept_context(tokens: Tensor, ids: Tensor, window: int) -> Tensor:
+    """[n, L] bool: position t is "in the concept's context" when one of ``ids`` occurs among
+    tokens[:, t-window+1 .. t] (the current token and the window-1 before it). Labels come from
+    the text alone, so a latent chosen to match them is chosen from its input side."""
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer (tokens looked back), got {window!r}.")
+    hit = torch.isin(tokens, torch.as_tensor(ids, device=tokens.device))
+    out = torch.zeros_like(hit)
+    for lag in range(min(window, tokens.shape[1])):
+        out[:, lag:] |= hit[:, :tokens.shape[1] - lag]
+    return out
+
+
+def firing_f1(fires: Tensor, holds: Tensor) -> dict[str, Tensor]:
+    """How well each latent's firing separates positions where a concept holds: fires [N, d_sae]
+    bool, holds [N] bool -> "precision" P(holds | fires), "recall" P(fires | holds) and their
+    harmonic mean "f1", each [d_sae] (0 for a latent that never fires)."""
+    if fires.ndim != 2 or holds.shape != fires.shape[:1]:
+        raise ValueError(f"fires must be [N, d_sae] and holds [N], got {tuple(fires.shape)} and "
+                         f"{tuple(holds.shape)}.")
+    if not holds.any():
+        raise ValueError("The concept holds at no position: there is nothing to separate.")
+    fires, holds = fires.bool(), holds.bool()
+    tp = (fires & holds[:, None]).sum(0).float()
+    precision = tp / fires.sum(0).clamp(min=1)
+    recall = tp / holds.sum()
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def mean_difference(x: Tensor, holds: Tensor) -> Tensor:
+    """[d] the mean-difference ("diff-in-means") direction: mean of x [N, d] where the concept
+    holds minus the mean where it does not (unnormalised). A linear probe's direction with no
+    SAE involved, the standard non-SAE steering vector (e.g. Marks & Tegmark 2023)."""
+    holds = torch.as_tensor(holds, dtype=torch.bool, device=x.device)
+    if x.ndim != 2 or holds.shape != x.shape[:1]:
+        raise ValueError(f"x must be [N, d] and holds [N], got {tuple(x.shape)} and "
+                         f"{tuple(holds.shape)}.")
+    if holds.all() or not holds.any():
+        raise ValueError("holds must be True at some rows and False at others "
+                         f"({int(holds.sum())} of {len(holds)} are True).")
+    return x[holds].mean(0) - x[~holds].mean(0)
+
+
+@torch.no_grad()
+def unembedding_direction(model, ids: Tensor) -> Tensor:
+    """[d_model] the mean unembedding of the concept tokens, minus the mean over the vocabulary:
+    the direction that raises their logits most per unit norm on the direct path. It is read off
+    the output weights, not found in any activation."""
+    ids = torch.as_tensor(ids)
+    check_token_ids(ids.reshape(1, -1), model.cfg.d_vocab_out, name="ids")
+    W_U = model.W_U.detach().float()
+    return W_U[:, ids.to(W_U.device)].mean(1) - W_U.mean(1)
+
+
+@torch.no_grad()
+def direct_logit_effect(model, direction: Tensor, ids: Tensor) -> float:
+    """How much adding ``direction`` [d_model] raises the concept tokens' logits on the direct path
+    (d W_U), averaged over ``ids``, minus its average over the vocabulary (softmax ignores a
+    shift shared by every logit). The final LayerNorm's scaling is ignored, so compare directions
+    with it, do not read it as nats."""
+    ids = torch.as_tensor(ids)
+    check_token_ids(ids.reshape(1, -1), model.cfg.d_vocab_out, name="ids")
+    W_U = model.W_U.detach().float()
+    effect = direction.detach().float().to(W_U.device) @ W_U              # [vocab]
+    return float(effect[ids.to(W_U.device)].mean() - effect.mean())
+
+
 def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
     """x [..., d_in] with latent ``latent``'s contribution removed, keeping the SAE's error term:
     x - f_i(x)·d_i (module docstring)."""
@@ -216,5 +321,7 @@ def clean_token_ce(model, tokens: Tensor, batch_size: int = 32, progress: bool =
 
 
 __all__ = ["word_tokens", "logit_effect_z", "random_direction", "add_direction", "generate",
-           "concept_logprob", "contains_any", "continuation_loss",
+           "concept_logprob", "contains_any", "continuation_loss", "concept_tokens",
+           "concept_context", "firing_f1", "mean_difference", "unembedding_direction",
+           "direct_logit_effect",
            "ablate_latent", "ablation_effect", "clean_token_ce"]
