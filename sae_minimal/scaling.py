@@ -1,0 +1,287 @@
+"""Scaling laws for SAEs: power-law fits with an irreducible term, Gao et al.'s joint L(N, k),
+bootstrap uncertainty, and the count of *useful* latents (notebook 07).
+
+    from sae_minimal import scaling
+    c, alpha = scaling.fit_power_law(N, L, L_inf=0.02)     # L ≈ c·N^(-alpha) + L_inf, L_inf known
+    fit = scaling.fit_saturating_power_law(N, L)            # L_inf fitted too
+    fit.predict(16384)
+    joint = scaling.fit_joint_nk(N, k, L)                   # Gao et al. 2024, eq. 4
+    scaling.useful_latents(sae.W_dec, density)              # alive and not a near-duplicate
+
+The laws (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", sec. 3.1):
+
+    L(N)    = c · N^(-α) + L_∞                                           (reducible + irreducible)
+    L(N, k) = exp(α + β_k ln k + β_N ln N + γ ln k ln N) + exp(ζ + η ln k)
+
+L is the normalised MSE (our FVU), N the number of latents, k the latents active per token. The
+second term of each is the loss no width removes: at fixed k, the reconstruction error a TopK code
+with k terms cannot go below. In the joint law the local exponent in N at a given k is
+-(β_N + γ ln k): larger k, steeper in N.
+
+Every fit is least squares on **log L** (relative errors): the points span an order of magnitude or
+more, and least squares on L itself would let the largest losses (smallest N) decide the exponent.
+Pure tensor code, no scipy: the saturating fit profiles L_∞ over a grid (for each L_∞ the rest is a
+straight-line fit in log-log space), then refines it by golden-section search.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# Gao et al. 2024, eq. 4 (GPT-4 residual stream, TopK, trained to convergence; natural logs):
+# the fitted joint law, quoted so that notebook 07 can set our exponents next to theirs. (Quoted
+# from the paper as read when this was written; the equation's text could not be re-checked offline:
+# compare with arXiv:2406.04093, sec. 3.1, before relying on the digits.)
+GAO_JOINT = {"alpha": -0.50, "beta_k": 0.25, "beta_N": -0.017, "gamma": -0.042,
+             "zeta": -1.32, "eta": -0.085}
+
+
+def _as_1d(name: str, values) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be one-dimensional (one value per SAE), got shape "
+                         f"{tuple(t.shape)}.")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN/inf values: drop the failed runs before fitting.")
+    return t
+
+
+def _points(N, L, min_points: int = 2) -> tuple[Tensor, Tensor]:
+    N, L = _as_1d("N", N), _as_1d("L", L)
+    if N.shape != L.shape:
+        raise ValueError(f"N and L must have one value per SAE each: got {len(N)} widths and "
+                         f"{len(L)} losses.")
+    if len(N) < min_points:
+        raise ValueError(f"a fit needs at least {min_points} points, got {len(N)}.")
+    if (N <= 0).any() or (L <= 0).any():
+        raise ValueError("N and L must be positive (a power law lives on log axes); got "
+                         f"min N {float(N.min()):g}, min L {float(L.min()):g}.")
+    if len(torch.unique(N)) < 2:
+        raise ValueError("all points have the same N: a slope needs at least two widths.")
+    return N, L
+
+
+def power_law(N, c: float, alpha: float, L_inf: float = 0.0) -> Tensor:
+    """c·N^(-alpha) + L_inf, elementwise (N: any shape)."""
+    return c * torch.as_tensor(N, dtype=torch.float64) ** (-alpha) + L_inf
+
+
+def fit_power_law(N, L, L_inf: float = 0.0) -> tuple[float, float]:
+    """(c, alpha) of L ≈ c·N^(-alpha) + L_inf for a *known* irreducible loss L_inf.
+
+    N [n] and L [n]: widths and losses. The reducible part L - L_inf is a straight line in log-log
+    space, ln(L - L_inf) = ln c - alpha·ln N, fitted by ordinary least squares. alpha > 0 means the
+    loss falls with N."""
+    N, L = _points(N, L)
+    if not math.isfinite(L_inf) or L_inf < 0:
+        raise ValueError(f"L_inf must be a finite number >= 0, got {L_inf!r}.")
+    if L_inf >= float(L.min()):
+        raise ValueError(f"L_inf = {L_inf:g} is not below every loss (min L = {float(L.min()):g}): "
+                         "the reducible part L - L_inf must be positive to take its log.")
+    x, y = N.log(), (L - L_inf).log()
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    intercept = float(y.mean()) - slope * float(x.mean())
+    return math.exp(intercept), -slope
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """L(N) = c·N^(-alpha) + L_inf, with the fit's rms error in ln L."""
+
+    c: float
+    alpha: float
+    L_inf: float
+    rms_log_error: float
+
+    def predict(self, N) -> Tensor:
+        return power_law(N, self.c, self.alpha, self.L_inf)
+
+
+def _log_rms(N: Tensor, L: Tensor, L_inf: float) -> tuple[float, float, float]:
+    c, alpha = fit_power_law(N, L, L_inf)
+    err = float((power_law(N, c, alpha, L_inf).log() - L.log()).pow(2).mean().sqrt())
+    return err, c, alpha
+
+
+def fit_saturating_power_law(N, L, *, grid: int = 100) -> PowerLawFit:
+    """Fit L ≈ c·N^(-alpha) + L_inf with L_inf >= 0 unknown (least squares on ln L).
+
+    N [n], L [n] with n >= 3 (three parameters). For each L_inf on a grid over [0, min L) the best
+    (c, alpha) is a straight-line fit in log-log space (``fit_power_law``); the L_inf with the
+    smallest rms error in ln L is then refined by golden-section search between its grid
+    neighbours. Few points that barely bend leave L_inf poorly determined: bootstrap it
+    (``bootstrap_fits``) before trusting it."""
+    N, L = _points(N, L, min_points=3)
+    top = float(L.min()) * (1 - 1e-6)
+    candidates = [top * i / grid for i in range(grid)]
+    errors = [_log_rms(N, L, v)[0] for v in candidates]
+    best = min(range(grid), key=errors.__getitem__)
+    lo, hi = candidates[max(best - 1, 0)], candidates[min(best + 1, grid - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(40):   # golden-section search on [lo, hi]
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if _log_rms(N, L, a)[0] <= _log_rms(N, L, b)[0]:
+            hi = b
+        else:
+            lo = a
+    L_inf = (lo + hi) / 2
+    err, c, alpha = _log_rms(N, L, L_inf)
+    if errors[best] < err:   # keep the grid point if the search found nothing better
+        L_inf = candidates[best]
+        err, c, alpha = _log_rms(N, L, L_inf)
+    return PowerLawFit(c, alpha, L_inf, err)
+
+
+# --- Gao et al.'s joint law in (N, k) -------------------------------------------------------------
+JOINT_KEYS = ("alpha", "beta_k", "beta_N", "gamma", "zeta", "eta")
+
+
+def joint_nk_law(N, k, p: dict[str, float]) -> Tensor:
+    """Gao et al. 2024 eq. 4: exp(α + β_k ln k + β_N ln N + γ ln k ln N) + exp(ζ + η ln k)."""
+    lN = torch.as_tensor(N, dtype=torch.float64).log()
+    lk = torch.as_tensor(k, dtype=torch.float64).log()
+    return (torch.exp(p["alpha"] + p["beta_k"] * lk + p["beta_N"] * lN + p["gamma"] * lk * lN)
+            + torch.exp(p["zeta"] + p["eta"] * lk))
+
+
+def local_exponent_N(p: dict[str, float], k: float) -> float:
+    """The joint law's exponent of the reducible part in N at fixed k: -(β_N + γ ln k)."""
+    return -(p["beta_N"] + p["gamma"] * math.log(k))
+
+
+def fit_joint_nk(N, k, L, *, restarts: int = 8, steps: int = 300, seed: int = 0) -> dict:
+    """Fit Gao et al.'s L(N, k) (``joint_nk_law``) to SAEs at several widths N [n] and k [n].
+
+    Six parameters: needs at least 7 points spanning at least two values of N and of k. Least
+    squares on ln L by L-BFGS from several random starts around Gao et al.'s values; returns the
+    parameters and "rms_log_error". The irreducible term is only pinned down where the curves at
+    fixed k visibly flatten; on a narrow range of N, read the exponents, not ζ and η."""
+    N, L = _points(N, L, min_points=7)
+    k = _as_1d("k", k)
+    if k.shape != N.shape:
+        raise ValueError(f"k must have one value per SAE: got {len(k)} for {len(N)} widths.")
+    if (k <= 0).any() or len(torch.unique(k)) < 2:
+        raise ValueError("k must be positive and take at least two values (else use "
+                         "fit_saturating_power_law at fixed k).")
+    gen = torch.Generator().manual_seed(seed)
+    target = L.log()
+    best, best_err = None, math.inf
+    for r in range(restarts):
+        start = torch.tensor([GAO_JOINT[key] for key in JOINT_KEYS], dtype=torch.float64)
+        if r:
+            start = start + 0.3 * torch.randn(6, generator=gen, dtype=torch.float64)
+        start[4] = math.log(0.5 * float(L.min())) if r % 2 == 0 else start[4]
+        theta = start.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            pred = joint_nk_law(N, k, dict(zip(JOINT_KEYS, theta)))
+            loss = (pred.log() - target).pow(2).mean()
+            loss.backward()
+            return loss
+
+        try:
+            opt.step(closure)
+        except RuntimeError:   # a start that overflows exp: try the next one
+            continue
+        with torch.no_grad():
+            err = float((joint_nk_law(N, k, dict(zip(JOINT_KEYS, theta))).log() - target)
+                        .pow(2).mean().sqrt())
+        if math.isfinite(err) and err < best_err:
+            best, best_err = theta.detach().clone(), err
+    if best is None:
+        raise RuntimeError("every start of the joint fit diverged: check that L holds losses "
+                           "(FVU in (0, 1]), not log-losses or percentages.")
+    return {**{key: float(v) for key, v in zip(JOINT_KEYS, best)}, "rms_log_error": best_err}
+
+
+# --- uncertainty ----------------------------------------------------------------------------------
+def bootstrap_fvu(sq_err: Tensor, sq_dev: Tensor, *, block: int = 127, n_boot: int = 200,
+                  seed: int = 0) -> Tensor:
+    """[n_boot, n_saes] FVU of every SAE on resampled held-out data.
+
+    sq_err [n_saes, rows]: ||x - x̂||² per held-out row and SAE; sq_dev [rows]: ||x - mean||². Rows
+    are resampled in contiguous blocks (default 127: one text window), because neighbouring tokens
+    are correlated; each replicate uses the *same* blocks for every SAE, so differences between
+    SAEs keep their pairing. Captures evaluation noise, not seed-to-seed training noise."""
+    if sq_err.dim() != 2 or sq_dev.dim() != 1 or sq_err.shape[1] != sq_dev.shape[0]:
+        raise ValueError(f"expected sq_err [n_saes, rows] and sq_dev [rows], got "
+                         f"{tuple(sq_err.shape)} and {tuple(sq_dev.shape)}.")
+    n_blocks = sq_dev.shape[0] // block
+    if n_blocks < 2:
+        raise ValueError(f"{sq_dev.shape[0]} rows make fewer than 2 blocks of {block}: pass more "
+                         "held-out rows or a smaller block.")
+    used = n_blocks * block
+    err = sq_err[:, :used].double().reshape(len(sq_err), n_blocks, block).sum(-1)  # [S, B]
+    dev = sq_dev[:used].double().reshape(n_blocks, block).sum(-1)                   # [B]
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(n_blocks, (n_boot, n_blocks), generator=gen)             # [R, B]
+    return (err[:, picks].sum(-1) / dev[picks].sum(-1)).T                           # [R, S]
+
+
+def bootstrap_fits(N, L_boot: Tensor, *, saturating: bool = True) -> dict[str, Tensor]:
+    """Refit the power law to every bootstrap replicate L_boot [n_boot, n]: {"alpha", "c",
+    "L_inf"} each [n_boot]. Report e.g. the 5th-95th percentiles of alpha."""
+    fits = []
+    for row in L_boot:
+        if saturating:
+            f = fit_saturating_power_law(N, row)
+            fits.append((f.alpha, f.c, f.L_inf))
+        else:
+            c, alpha = fit_power_law(N, row)
+            fits.append((alpha, c, 0.0))
+    out = torch.tensor(fits, dtype=torch.float64)
+    return {"alpha": out[:, 0], "c": out[:, 1], "L_inf": out[:, 2]}
+
+
+# --- useful latents -------------------------------------------------------------------------------
+def useful_latents(W_dec: Tensor, density: Tensor, *, threshold: float = 0.9,
+                   min_density: float = 0.0) -> int:
+    """How many latents are alive (firing frequency > min_density) and distinct: scanning alive
+    latents from most to least frequent, keep one unless its decoder direction has cosine above
+    ``threshold`` with a latent already kept (a near-duplicate adds no new direction).
+
+    W_dec [d_sae, d_in] (rows are the directions), density [d_sae] (``lab.density``)."""
+    if W_dec.dim() != 2 or density.shape != (W_dec.shape[0],):
+        raise ValueError(f"expected W_dec [d_sae, d_in] and density [d_sae], got "
+                         f"{tuple(W_dec.shape)} and {tuple(density.shape)}. Pass sae.W_dec "
+                         "(rows are latents).")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold is a cosine in (0, 1], got {threshold!r}.")
+    alive = (density > min_density).nonzero().squeeze(1)
+    order = alive[density[alive].argsort(descending=True)]
+    D = torch.nn.functional.normalize(W_dec.detach().float()[order], dim=-1)
+    duplicate = torch.zeros(len(order), dtype=torch.bool)
+    cos = D @ D.T                                      # [alive, alive]
+    cos.fill_diagonal_(0)
+    for i in range(len(order)):                        # greedy: earlier (commoner) latents win
+        if not duplicate[i]:
+            duplicate |= (cos[i] > threshold) & (torch.arange(len(order)) > i)
+    return int((~duplicate).sum())
+
+
+# --- compute --------------------------------------------------------------------------------------
+def tokens_to_reach(tokens, fvu, target: float, *, window: int = 5) -> float | None:
+    """The first number of training tokens at which a training curve's FVU, smoothed by a running
+    median over ``window`` logged points (training-batch FVU is noisy), is at or below ``target``;
+    None if it never gets there."""
+    t, f = _as_1d("tokens", tokens), _as_1d("fvu", fvu)
+    if t.shape != f.shape:
+        raise ValueError(f"tokens and fvu must match: {len(t)} vs {len(f)} points.")
+    for i in range(len(f)):
+        lo = max(0, i - window // 2)
+        hi = min(len(f), lo + window)
+        if float(f[lo:hi].median()) <= target:
+            return float(t[i])
+    return None
+
+
+__all__ = ["GAO_JOINT", "PowerLawFit", "power_law", "fit_power_law", "fit_saturating_power_law",
+           "joint_nk_law", "local_exponent_N", "fit_joint_nk", "bootstrap_fvu", "bootstrap_fits",
+           "useful_latents", "tokens_to_reach"]
