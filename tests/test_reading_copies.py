@@ -78,15 +78,7 @@ def test_markdown_emphasis_renders_in_jupyterlab(path):
                                     f"{broken!r}")
 
 
-# 04's committed dashboards predate the visible-token display (↵, <0xE2>): their outputs change
-# only when 04 is re-executed, which retrains its SAEs; that happens when 04 is rebuilt on the
-# reference SAEs (issue 15). strict: the test says so as soon as they are clean.
-STALE_OUTPUTS = {"04_saes_on_gpt2.ipynb": "dashboards rendered before the visible-token display"}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(reason=STALE_OUTPUTS[p.name], strict=True))
-    if p.name in STALE_OUTPUTS else p for p in COMMITTED], ids=str)
+@pytest.mark.parametrize("path", COMMITTED, ids=str)
 def test_outputs_read_as_plain_text(path):
     """No warning boxes, no progress-bar frames, no characters a browser draws as a box or �."""
     nb = nbformat.read(ROOT / path, as_version=4)
