@@ -1,0 +1,121 @@
+"""Feature absorption (Chanin et al. 2024, "A is for Absorption"): a general latent that fails to
+fire where a more specific latent has taken its place.
+
+    main, f1 = main_latents(sae, x_train, y_train)   # the latent(s) standing for the parent
+    cos = decoder_cosines(sae, direction)             # [d_sae] each decoder vs the property
+    absorption_rate(codes_test, y_test, main, cos, tau=0.2)
+
+Chanin et al.'s recipe, simplified: (1) a linear probe on the residual shows the model represents
+the property (keep the tokens it gets right), and the property's direction is given, e.g. by the
+difference of class means (``steering.mean_difference``: the *pattern* the property adds to the
+activation, which is what a decoder row is comparable to; a probe's weight vector is a *filter*
+and on an anisotropic residual stream points elsewhere, Haufe et al. 2014); (2) the SAE's *main*
+latents for the property are the fewest latents whose firing best predicts it (F1, greedy, each
+added latent must raise F1 by ``min_gain``, like their k-sparse probing with a threshold); (3) on a
+held-out token that has the property, the main latents are silent, yet another latent that fires
+has a decoder aligned with the direction (cosine >= ``tau``): that latent has *absorbed* the parent for this token. The
+absorption rate is the fraction of the property's tokens where this happens. Their full metric also
+asks that the absorbing latent carry most of the probe projection; ours only asks for alignment,
+and ``absorption_rate`` with a random direction instead of the property's gives the chance level
+(isotropic, so it understates how often decoders align with the residual's few large directions).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..io import as_sae
+
+
+@torch.no_grad()
+def firing_counts(sae, x: Tensor, y: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+    """(true positives, false positives) [d_sae] per latent: how often it fires on x [N, d_in]
+    rows with / without the property y [N] bool."""
+    sae = as_sae(sae)
+    tp = torch.zeros(sae.d_sae)
+    fp = torch.zeros(sae.d_sae)
+    for xc, yc in zip(x.split(chunk), y.split(chunk)):
+        fires = (sae.encode(xc) > 0).float()
+        tp += fires[yc].sum(0)
+        fp += fires[~yc].sum(0)
+    return tp, fp
+
+
+@torch.no_grad()
+def main_latents(sae, x: Tensor, y: Tensor, max_main: int = 3, min_gain: float = 0.03,
+                 n_candidates: int = 20) -> tuple[Tensor, float]:
+    """(latent indices [m], F1) for the property y [N] on x [N, d_in]: the single latent whose
+    firing has the best F1, then greedily more (from the ``n_candidates`` best) while the F1 of
+    "any of them fires" rises by ``min_gain`` or more."""
+    y = y.bool()
+    tp, fp = firing_counts(sae, x, y)
+    f1 = 2 * tp / (tp + fp + y.sum()).clamp(min=1)
+    cand = f1.topk(n_candidates).indices
+    fires = torch.cat([(as_sae(sae).encode(c)[:, cand] > 0) for c in x.split(8192)])  # [N, c]
+    chosen = [0]
+    best = float(f1[cand[0]])
+    while len(chosen) < max_main:
+        union = fires[:, chosen].any(1, keepdim=True) | fires
+        tp_u = (union & y[:, None]).sum(0).float()
+        f1_u = 2 * tp_u / (union.sum(0).float() + y.sum()).clamp(min=1)
+        f1_u[chosen] = -1
+        j = int(f1_u.argmax())
+        if float(f1_u[j]) < best + min_gain:
+            break
+        chosen.append(j)
+        best = float(f1_u[j])
+    return cand[chosen], best
+
+
+@torch.no_grad()
+def decoder_cosines(sae, direction: Tensor) -> Tensor:
+    """[d_sae] cosine of each decoder row W_dec[j] with ``direction`` [d_in]."""
+    W = torch.nn.functional.normalize(as_sae(sae).W_dec.float(), dim=-1)
+    return W @ torch.nn.functional.normalize(direction.float(), dim=0)
+
+
+def absorption_rate(codes: Tensor, positive: Tensor, main: Tensor, cos_to_probe: Tensor,
+                    tau: float = 0.2) -> float:
+    """Fraction of the rows with the property (``positive`` [n] bool) on which no main latent
+    fires (``main`` [m] indices into codes [n, d_sae]) while some *other* firing latent j has
+    cos_to_probe[j] >= tau (a decoder aligned with the probe, same sign)."""
+    positive = positive.bool()
+    if not positive.any():
+        raise ValueError("No rows with the property: the absorption rate is undefined.")
+    c = codes[positive]
+    fires = c > 0
+    main_silent = ~fires[:, main].any(1)
+    aligned = cos_to_probe >= tau
+    aligned = aligned.clone()
+    aligned[main] = False
+    absorbed = main_silent & (fires & aligned).any(1)
+    return float(absorbed.float().mean())
+
+
+@torch.no_grad()
+def absorption_report(sae, x: Tensor, positive: Tensor, main: Tensor, direction: Tensor,
+                      tau: float = 0.2, chunk: int = 8192) -> dict:
+    """On held-out x [N, d_in] with property ``positive`` [N]: the miss rate (main latents silent
+    on the property), the absorption rate against the probe ``direction``, the same rate against
+    a random direction (chance), and the absorbing latents with how often each absorbs."""
+    sae = as_sae(sae)
+    codes = torch.cat([sae.encode(c) for c in x[positive.bool()].split(chunk)])
+    pos = torch.ones(len(codes), dtype=torch.bool)
+    cos = decoder_cosines(sae, direction)
+    rand = torch.randn(direction.shape, generator=torch.Generator().manual_seed(0))
+    fires = codes > 0
+    silent = ~fires[:, main].any(1)
+    aligned = cos >= tau
+    aligned[main] = False
+    who = (fires & aligned & silent[:, None]).sum(0)
+    return {"n": int(len(codes)), "miss_rate": float(silent.float().mean()),
+            "absorption": absorption_rate(codes, pos, main, cos, tau),
+            "absorption_random_direction": absorption_rate(codes, pos, main,
+                                                           decoder_cosines(sae, rand), tau),
+            "absorbers": {int(j): int(who[j]) for j in who.argsort(descending=True)[:5]
+                          if who[j] > 0}}
+
+
+__all__ = ["firing_counts", "main_latents", "decoder_cosines", "absorption_rate",
+           "absorption_report"]
