@@ -45,6 +45,15 @@ def _fail(name: str, message: str) -> None:
     raise CheckFailed(f"{name}: {message}")
 
 
+def _name_the_mistake(name: str, got: float, wrong: dict[str, float], hints: dict[str, str],
+                      **tolerance) -> None:
+    """Fail with the hint for the first known wrong answer that ``got`` equals
+    (``math.isclose`` with ``tolerance``); return if it matches none."""
+    for key, value in wrong.items():
+        if math.isclose(got, value, **tolerance):
+            _fail(name, hints[key])
+
+
 def _call(name: str, fn: Callable, *args):
     """fn(*args) on private copies of the arguments, within CALL_TIMEOUT_S seconds. A function that
     changes an argument in place fails: the checker's reference is computed from the originals, so
@@ -646,9 +655,7 @@ def check_matryoshka_loss(fn: Callable) -> None:
         "per element": "you averaged over d_in as well (F.mse_loss's default): sum the squared "
                        "error over d_in, average over the batch.",
     }
-    for key, value in wrong.items():
-        if math.isclose(got, value, rel_tol=1e-4):
-            _fail(name, hints[key])
+    _name_the_mistake(name, got, wrong, hints, rel_tol=1e-4)
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the "
                 "batch of ||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")
 
@@ -686,10 +693,8 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
                  "E||x̂||² / E[x̂·x], which also counts how well x̂ points along x.",
         "x squared": "the numerator is E||x̂||² (the reconstruction), not E||x||².",
     }
-    for key, value in wrong.items():
-        if math.isclose(got, value, rel_tol=1e-3) and not math.isclose(got, want, rel_tol=1e-3):
-            _fail(name, hints[key])
     if not math.isclose(got, want, rel_tol=1e-3):
+        _name_the_mistake(name, got, wrong, hints, rel_tol=1e-3)
         _fail(name, f"expected γ = {want:.4f} on a reconstruction shrunk to 0.7 of the signal, "
                     f"got {got:.4f}. Sum (or average) over both the batch and d_in: "
                     "(x̂-c)² over (x̂-c)·(x-c).")
@@ -1061,9 +1066,7 @@ def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
                        "true-negative rate.",
         "abs": "a negative value is not firing: use acts > 0, not acts != 0.",
     }
-    for key, value in wrong.items():
-        if math.isclose(got, value, abs_tol=1e-6):
-            _fail(name, hints[key])
+    _name_the_mistake(name, got, wrong, hints, abs_tol=1e-6)
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Per context: fired = (acts > 0).any(1), "
                 "predicted = pred.any(1); then (TPR + TNR) / 2.")
 
@@ -1163,8 +1166,6 @@ def check_absorption_rate(fn: Callable) -> None:
                      "counts as absorption only when another firing latent is aligned with the "
                      "probe (cos >= tau); otherwise the SAE simply lost the feature there.",
     }
-    for key, value in wrong.items():
-        if math.isclose(got, value, abs_tol=1e-6):
-            _fail(name, hints[key])
+    _name_the_mistake(name, got, wrong, hints, abs_tol=1e-6)
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Among positive rows: no main latent "
                 "fires, and some firing latent j has cos_to_probe[j] >= tau.")
