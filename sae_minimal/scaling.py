@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 # Gao et al. 2024, eq. 4 (GPT-4 residual stream, TopK, trained to convergence; natural logs):
-# the fitted joint law, quoted so that notebook 07 can set our exponents next to theirs. (Quoted
-# from the paper as read when this was written; the equation's text could not be re-checked offline:
-# compare with arXiv:2406.04093, sec. 3.1, before relying on the digits.)
-GAO_JOINT = {"alpha": -0.50, "beta_k": 0.25, "beta_N": -0.017, "gamma": -0.042,
+# the fitted joint law, quoted so that notebook 07 can set our exponents next to theirs. beta_k,
+# beta_N and gamma as quoted in a review of the ICLR 2025 version (0.26, -0.017, -0.042); alpha,
+# zeta and eta as read when this was written and not re-checked offline: compare with
+# arXiv:2406.04093, sec. 3.1, before relying on them.
+GAO_JOINT = {"alpha": -0.50, "beta_k": 0.26, "beta_N": -0.017, "gamma": -0.042,
              "zeta": -1.32, "eta": -0.085}
 
 

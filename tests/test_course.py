@@ -90,3 +90,15 @@ def test_check_reports_each_checker(tmp_path, capsys):
     solved.write_text((ROOT / "solutions" / "00_introduction.ipynb").read_text())
     assert cli.main(["check", str(solved)]) == 0
     assert "2/2 checks passed" in capsys.readouterr().out
+
+
+def test_execute_runs_notebooks_offline_unless_asked(tmp_path, monkeypatch):
+    """`course execute` saves the committed copies, which are the offline course: without --online the
+    kernel sees SAE_MINIMAL_OFFLINE=1 (no hub retries or fallback banner saved in the outputs)."""
+    monkeypatch.delenv("SAE_MINIMAL_OFFLINE", raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import os\nprint(os.environ.get('SAE_MINIMAL_OFFLINE'))")]
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["execute", str(path)]) == 0
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].strip() == "1"

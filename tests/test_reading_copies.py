@@ -114,3 +114,16 @@ def test_clean_for_commit_keeps_the_last_frame_of_text_progress_bars():
     clean_for_commit(nbformat.v4.new_notebook(cells=[cell]))
     assert [(o.name, o.text) for o in cell.outputs] == [("stderr", "training: 100%|#| 586/586\n"),
                                                         ("stdout", "done\n")]
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=str)
+def test_committed_outputs_come_from_an_offline_run(path):
+    """The committed runs are the offline course (SAE_MINIMAL_OFFLINE=1): a run that tried the model
+    hub first leaves retry messages and a fallback banner that readers would take for an error."""
+    nb = nbformat.read(ROOT / path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = output_text(out)
+            assert "huggingface.co" not in text and "could not be downloaded" not in text, (
+                f"{path} cell {i}: output from a run that tried the model hub; re-execute with "
+                "SAE_MINIMAL_OFFLINE=1 python -m sae_minimal.course execute ...")
