@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..lm.autointerp import balanced_accuracy
 from ..theory.capacity import welch_bound
 from ..topk import topk_relu
 from ..theory.toy import toy_forward
@@ -1005,10 +1006,6 @@ def check_firing_precision_recall(fn: Callable) -> None:
 
 
 # --- Notebook 08: evaluating SAEs beyond reconstruction ------------------------------------------
-def _balanced(pred: Tensor, truth: Tensor) -> float:
-    return 0.5 * (float(pred[truth].float().mean()) + float((~pred[~truth]).float().mean()))
-
-
 def _as_float(name: str, value) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
@@ -1031,7 +1028,7 @@ def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
     pred = torch.zeros(12, 5, dtype=torch.bool)
     pred[0, 1] = pred[1, 2] = pred[2, 0] = True        # context 1: right context, wrong token
     pred[4, 0] = pred[6, 3] = pred[7, 0] = True         # three false alarms
-    want = _balanced(pred.any(1), (acts > 0).any(1))
+    want = balanced_accuracy(pred.any(1), (acts > 0).any(1))
     got = _as_float(name, _call(name, fn, pred, acts))
     if math.isclose(got, want, abs_tol=1e-6):
         trivial = _as_float(name, _call(name, fn, torch.ones(12, 5, dtype=torch.bool), acts))
@@ -1044,12 +1041,12 @@ def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
     ctx_pred, ctx_true = pred.any(1), (acts > 0).any(1)
     wrong = {
         "plain accuracy": float((ctx_pred == ctx_true).float().mean()),
-        "token level": _balanced(pred.flatten(), (acts > 0).flatten()),
-        "all tokens": _balanced(pred.all(1), (acts > 0).all(1)) if (acts > 0).all(1).any()
+        "token level": balanced_accuracy(pred.flatten(), (acts > 0).flatten()),
+        "all tokens": balanced_accuracy(pred.all(1), (acts > 0).all(1)) if (acts > 0).all(1).any()
         else float("nan"),
         ">= 0": float((ctx_pred == (acts >= 0).any(1)).float().mean()),
         "recall only": float(ctx_pred[ctx_true].float().mean()),
-        "abs": _balanced(ctx_pred, (acts != 0).any(1)),
+        "abs": balanced_accuracy(ctx_pred, (acts != 0).any(1)),
     }
     hints = {
         "plain accuracy": "you computed plain accuracy. Firing contexts are the minority, so a "

@@ -75,6 +75,15 @@ def decoder_cosines(sae, direction: Tensor) -> Tensor:
     return W @ torch.nn.functional.normalize(direction.float(), dim=0)
 
 
+def _absorbing(fires: Tensor, main: Tensor, cos_to_probe: Tensor, tau: float) -> Tensor:
+    """[n, d_sae] bool: on row i, latent j absorbs the parent (no main latent fires on i, j fires,
+    j is not a main latent, and cos_to_probe[j] >= tau). ``fires`` [n, d_sae] bool."""
+    aligned = cos_to_probe >= tau
+    aligned[main] = False
+    silent = ~fires[:, main].any(1)
+    return fires & aligned & silent[:, None]
+
+
 def absorption_rate(codes: Tensor, positive: Tensor, main: Tensor, cos_to_probe: Tensor,
                     tau: float = 0.2) -> float:
     """Fraction of the rows with the property (``positive`` [n] bool) on which no main latent
@@ -83,14 +92,7 @@ def absorption_rate(codes: Tensor, positive: Tensor, main: Tensor, cos_to_probe:
     positive = positive.bool()
     if not positive.any():
         raise ValueError("No rows with the property: the absorption rate is undefined.")
-    c = codes[positive]
-    fires = c > 0
-    main_silent = ~fires[:, main].any(1)
-    aligned = cos_to_probe >= tau
-    aligned = aligned.clone()
-    aligned[main] = False
-    absorbed = main_silent & (fires & aligned).any(1)
-    return float(absorbed.float().mean())
+    return float(_absorbing(codes[positive] > 0, main, cos_to_probe, tau).any(1).float().mean())
 
 
 @torch.no_grad()
@@ -101,18 +103,14 @@ def absorption_report(sae, x: Tensor, positive: Tensor, main: Tensor, direction:
     a random direction (chance), and the absorbing latents with how often each absorbs."""
     sae = as_sae(sae)
     codes = torch.cat([sae.encode(c) for c in x[positive.bool()].split(chunk)])
-    pos = torch.ones(len(codes), dtype=torch.bool)
-    cos = decoder_cosines(sae, direction)
-    rand = torch.randn(direction.shape, generator=torch.Generator().manual_seed(0))
     fires = codes > 0
-    silent = ~fires[:, main].any(1)
-    aligned = cos >= tau
-    aligned[main] = False
-    who = (fires & aligned & silent[:, None]).sum(0)
-    return {"n": int(len(codes)), "miss_rate": float(silent.float().mean()),
-            "absorption": absorption_rate(codes, pos, main, cos, tau),
-            "absorption_random_direction": absorption_rate(codes, pos, main,
-                                                           decoder_cosines(sae, rand), tau),
+    absorbing = _absorbing(fires, main, decoder_cosines(sae, direction), tau)   # [n, d_sae]
+    rand = torch.randn(direction.shape, generator=torch.Generator().manual_seed(0))
+    chance = _absorbing(fires, main, decoder_cosines(sae, rand), tau)
+    who = absorbing.sum(0)
+    return {"n": int(len(codes)), "miss_rate": float((~fires[:, main].any(1)).float().mean()),
+            "absorption": float(absorbing.any(1).float().mean()),
+            "absorption_random_direction": float(chance.any(1).float().mean()),
             "absorbers": {int(j): int(who[j]) for j in who.argsort(descending=True)[:5]
                           if who[j] > 0}}
 

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..io import as_sae
 from .autointerp import balanced_accuracy
 
 ARCHAIC_YOU = {"thou", "thee", "thy", "thine", "thyself"}
@@ -115,7 +116,6 @@ def sae_feature_scores(sae, x: Tensor, labels: dict[str, Tensor],
     """``top_k_features``'s score, |mean(f[y]) - mean(f[~y])| / (std(f) + 1e-6), of every latent
     f of ``sae`` on x [N, d_in], for each property y [N] of ``labels``: {name: [d_sae]}. Streams
     over x so that a wide SAE's codes [N, d_sae] never sit in memory at once."""
-    from ..io import as_sae
     sae = as_sae(sae)
     total, sq = torch.zeros(sae.d_sae, dtype=torch.float64), torch.zeros(sae.d_sae,
                                                                           dtype=torch.float64)
