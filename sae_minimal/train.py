@@ -271,12 +271,13 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
 
     # 1. normalisation scale s: the SAE is trained on s·x
     scale = input_scale(sample, sae.d_in) if normalize else 1.0
+    sample = sample * scale  # in training units from here on
     continuing = sae.trained_tokens > 0
     if continuing:
         sae.fold_input_scale(1.0 / scale)  # back to normalised units
     elif b_dec_init != "zeros":  # 2. b_dec
-        centre = (geometric_median(sample * scale) if b_dec_init == "geometric_median"
-                  else (sample * scale).mean(0))
+        centre = (geometric_median(sample) if b_dec_init == "geometric_median"
+                  else sample.mean(0))
         with torch.no_grad():
             sae.b_dec.copy_(centre)
 
@@ -298,7 +299,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         history["resampled"], next_resample = [], resample_every
         resample_gen = torch.Generator().manual_seed(seed)
     # a loss above limit means training diverged (set after step 0; see EXPLODED)
-    limit, x_sq = math.inf, float((sample * scale).pow(2).sum(-1).mean())
+    limit, x_sq = math.inf, float(sample.pow(2).sum(-1).mean())
     sae.train()
 
     bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}",
@@ -346,9 +347,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             if resample_every and tokens >= next_resample:  # 4b. dead-latent resampling
                 next_resample += resample_every
                 if n_tokens is None or tokens <= resample_until * n_tokens:
-                    revived = resample_dead_latents(sae, sample * scale,
-                                                    sae.dead_mask(dead_window), opt,
-                                                    generator=resample_gen)
+                    revived = resample_dead_latents(sae, sample, sae.dead_mask(dead_window),
+                                                    opt, generator=resample_gen)
                     history["resampled"].append([tokens, int(revived.numel())])
             if step % log_every == 0 or step == n_steps:  # 5. history
                 _log(history, step, tokens, out, x, sae, dead_window, opt.param_groups[0]["lr"])
@@ -363,7 +363,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                   "n_tokens=n_tokens) cycles over its store).", 2)
         if step > 0:
             # e.g. BatchTopK: θ from the final weights
-            sae.after_training(sample * scale, rows)
+            sae.after_training(sample, rows)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         if isinstance(stream, _ReadAhead):
