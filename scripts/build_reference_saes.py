@@ -1,60 +1,78 @@
 """Train the reference SAEs shipped in ``sae_minimal/assets/reference_saes`` (issue 15), once.
 
-    python scripts/build_reference_saes.py                    # all of them (about 2 h on 2 cores)
-    python scripts/build_reference_saes.py --only topk-k16-2048 --tokens 2000000 --out /tmp/refs
+    python scripts/build_reference_saes.py --device cuda --jobs 12     # all of them, on a GPU
+    python scripts/build_reference_saes.py --only topk-k16-512 --tokens 2000000 --rungs 2 \\
+        --out /tmp/refs                                               # one, small, on the CPU
 
 Every reference reads the stand-in's residual stream after block 2 (``blocks.2.hook_resid_post``,
-d_in 256; BOS positions left out), and is trained by ``train_sae`` with the defaults a learner gets
+d_in 256; BOS positions left out) and is trained by ``train_sae`` with the defaults a learner gets
 (``default_lr``, warm-up, decay, AuxK where the variant has it; batch 1024), on shuffled passes over
-the whole training split of the bundled corpus (1.5M tokens; the longer runs take several passes).
+the whole training split of the bundled corpus (1.5M activations; long runs take many passes).
+Each reference has its own seeds (``REFERENCES``): no two start from the same initialisation or see
+the same data order, and none shares seed 0 with the SAEs a learner trains in the notebooks.
 
-**Converged?** Each reference is trained twice from scratch, with the same seed: for ``--tokens``
-T and for T/2 (a run stopped half-way would still be at its high learning rate, so it is not the
-same thing). The card gives, for both, held-out FVU, the dead fraction and the MMCS to the same
-variant's other seed, and calls a reference converged when, from T/2 to T, FVU and MMCS change by
-under 2% relative and the dead fraction by under 2% relative or 0.2 percentage points (a relative
-change of a fraction near 0, 0.1% to 0.2% of latents, is noise, not a trend). Held-out metrics are
-measured on the held-out plays (Hamlet, The Tempest, Twelfth Night: 134k activations; CE loss
-recovered and KL from 256 windows spliced), after the weights are rounded to the float16 that is
-shipped, so the card describes the files.
+**Converged?** Each reference is trained from scratch at a ladder of budgets, T/2^(rungs-1), ...,
+T/2, T tokens, each run with its own full schedule (a run stopped half-way would still be at its
+high learning rate, so it is not the same thing). The card gives, for every run, held-out FVU, L0,
+dead and dense fractions, CE loss recovered, KL and the MMCS to the same variant's other seed, and
+calls a reference converged when, from T/2 to T, FVU and MMCS change by under 2% relative and the
+dead fraction by under 2% relative or 0.2 percentage points (a relative change of a fraction near
+0, 0.1% to 0.2% of latents, is noise, not a trend). Held-out metrics are measured on the held-out
+plays (Hamlet, The Tempest, Twelfth Night: 135k activations; CE loss recovered and KL from 256
+windows spliced), after the weights are rounded to the float16 that is shipped, so the card
+describes the files. What ships is the largest budget every reference reached.
 
-Deterministic: the data order and the initialisation come from each run's seed (one thread, so the
-floating-point sums come out the same). Runtime is printed per run and written to the card.
+Runs are independent, so ``--jobs N`` trains N at once in worker processes (on one GPU they share
+it). ``--deadline`` stops starting runs after that many seconds and ships what is complete; a
+second call with the same ``--work`` folder resumes, skipping finished runs.
+
+``--plain-model`` computes the activations with ``scripts/standin_plain.py`` (plain PyTorch, no
+transformer-lens, equal to the HookedTransformer to ~1e-5) for machines without transformer-lens;
+then run ``--finalize`` where transformer-lens is installed, to stamp the card with the model's
+fingerprint (which the lab checks) and cross-check one reference's metrics on the CPU.
+
+Deterministic on a given machine: the data order and the initialisation come from each run's
+seed. A GPU's floating-point sums differ from a CPU's, so a rebuild elsewhere gives SAEs that agree
+in their metrics, not bit for bit. The shipped set was built on one H100 (see the card).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import shutil
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 import sae_minimal as sm
-from sae_minimal.lm.activations import cache_activations, run_to_hook
+from sae_minimal.lm.activations import ActivationStore, cache_activations, run_to_hook
 from sae_minimal.lm.evaluation import evaluate_sae, latent_density
 from sae_minimal.lm.models import fingerprint, load_lm
-from sae_minimal.lm.text import corpus_tokens
 from sae_minimal.lm.references import CARD_JSON, HOOK, REFERENCE_DIR, card_markdown, convergence
+from sae_minimal.lm.text import corpus_tokens
 
 D_IN = 256
 BATCH = 1024
 SPLICE_WINDOWS = 256   # held-out windows for CE loss recovered and KL (32k tokens)
 
-# name -> (constructor, keyword arguments, seeds): 04's middle setting of each
-# variant at 2048 latents with a twin for MMCS, and the widths 06 compares.
+# name -> (constructor, keyword arguments, seeds): 04's middle setting of each variant at 2048
+# latents with a twin for MMCS, and the widths 06 and 07 compare. Seeds differ between references:
+# same-seed SAEs of different widths would start with the narrower one's decoder rows.
 REFERENCES = {
-    "l1-2048":              (sm.ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (0, 1)),
-    "topk-k16-2048":        (sm.TopKSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
-    "batchtopk-k16-2048":   (sm.BatchTopKSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
-    "jumprelu-2048":        (sm.JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (0, 1)),
-    "matryoshka-k16-2048":  (sm.MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (0, 1)),
-    "topk-k16-512":         (sm.TopKSAE, {"d_sae": 512, "k": 16}, (0,)),
-    "topk-k16-8192":        (sm.TopKSAE, {"d_sae": 8192, "k": 16}, (0,)),
-    "matryoshka-k16-8192":  (sm.MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (0,)),
+    "l1-2048":              (sm.ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (1000, 1001)),
+    "topk-k16-2048":        (sm.TopKSAE, {"d_sae": 2048, "k": 16}, (1010, 1011)),
+    "batchtopk-k16-2048":   (sm.BatchTopKSAE, {"d_sae": 2048, "k": 16}, (1020, 1021)),
+    "jumprelu-2048":        (sm.JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (1030, 1031)),
+    "matryoshka-k16-2048":  (sm.MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (1040, 1041)),
+    "topk-k16-512":         (sm.TopKSAE, {"d_sae": 512, "k": 16}, (1050,)),
+    "topk-k16-8192":        (sm.TopKSAE, {"d_sae": 8192, "k": 16}, (1060,)),
+    "matryoshka-k16-8192":  (sm.MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (1070,)),
 }
 
 
@@ -73,79 +91,231 @@ def curve(history, points: int = 60) -> dict:
             for k in ("tokens", "fvu", "l0", "dead_frac") if k in history}
 
 
+def run_dir(work: Path, name: str, n_tokens: int, index: int) -> Path:
+    """Where one run (reference ``name``, its ``index``-th seed, ``n_tokens``) keeps its SAE."""
+    return work / "runs" / name / str(n_tokens) / f"seed{index}"
+
+
+def load_model(device: str, plain: bool):
+    if plain:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from standin_plain import StandinPlain
+        return StandinPlain(device)
+    return load_lm("standin", device=device, verbose=False)
+
+
+# -- one run, in a worker process -------------------------------------------------------------
+
+_DATA: dict = {}
+
+
+def _init_worker(work: str, device: str, plain: bool) -> None:
+    """Each worker loads the training activations onto its device once, and the held-out data."""
+    torch.set_num_threads(1)
+    work = Path(work)
+    _DATA.update(torch.load(work / "held_out.pt"))
+    _DATA["x_eval"], _DATA["mean_act"] = _DATA["x_eval"].to(device), _DATA["mean_act"].to(device)
+    _DATA["x_train"] = ActivationStore(work / "activations").load_all().to(device)
+    _DATA["model"], _DATA["device"], _DATA["work"] = load_model(device, plain), device, work
+
+
+def train_run(name: str, index: int, n_tokens: int) -> dict:
+    """Train, evaluate (as float16) and save one run; its metrics."""
+    cls, kw, seeds = REFERENCES[name]
+    seed, device = seeds[index], _DATA["device"]
+    sae = cls(D_IN, seed=seed, **kw)
+    t0 = time.perf_counter()
+    hist = sm.train_sae(sae, _DATA["x_train"], n_tokens=n_tokens, batch_size=BATCH, seed=seed,
+                        progress=False, device=device)
+    seconds = time.perf_counter() - t0
+    as_shipped(sae.eval())
+    density = latent_density(sae, _DATA["x_eval"])
+    metrics = evaluate_sae(_DATA["model"], sae, HOOK, _DATA["x_eval"], _DATA["splice_tokens"],
+                           density=density, mean_act=_DATA["mean_act"])
+    metrics = {**metrics, "seconds": round(seconds, 1), "lr": max(hist["lr"]),
+               "curve": curve(hist)}
+    folder = run_dir(_DATA["work"], name, n_tokens, index)
+    shutil.rmtree(folder, ignore_errors=True)
+    sm.save_sae(sae.half().cpu(), folder, hook_name=HOOK, model_name="standin",
+                metadata={"context_size": 128, "prepend_bos": True})
+    torch.save(density.cpu(), folder / "density.pt")
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def _run_safely(name: str, index: int, n_tokens: int):
+    try:
+        return name, index, n_tokens, train_run(name, index, n_tokens), None
+    except Exception as e:  # noqa: BLE001 -- reported by the main process, the others go on
+        return name, index, n_tokens, None, f"{type(e).__name__}: {e}"
+
+
+# -- the card ---------------------------------------------------------------------------------
+
+def finished(work: Path, name: str, n_tokens: int, index: int) -> dict | None:
+    path = run_dir(work, name, n_tokens, index) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_card(work: Path, out: Path, names: list[str], budgets: list[int], header: dict) -> None:
+    """Card and shipped folders for the largest budget every reference in ``names`` finished."""
+    done = [n for n in budgets if all(finished(work, name, n, i) is not None for name in names
+                                      for i in range(len(REFERENCES[name][2])))]
+    if not done:
+        return
+    top = done[-1]
+    card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
+    card.update(header)
+    saes = card.get("saes", {})
+    for name in names:
+        cls, _, seeds = REFERENCES[name]
+        runs = {}
+        for n in done:
+            ms = [finished(work, name, n, i) for i in range(len(seeds))]
+            if len(seeds) == 2:   # MMCS of seed 0's alive latents to its twin
+                a, b = (sm.load_sae(run_dir(work, name, n, i)).float() for i in (0, 1))
+                alive = torch.load(run_dir(work, name, n, 0) / "density.pt") > 0
+                ms[0]["mmcs"] = sm.metrics.mmcs(a.W_dec[alive], b.W_dec)
+            runs.update({f"{n}/seed{i}": m for i, m in enumerate(ms)})
+        entry = {"class": cls.__name__,
+                 "config": sm.load_sae(run_dir(work, name, top, 0)).config(),
+                 "tokens": top, "seeds": list(seeds), "runs": runs}
+        if top // 2 in done:
+            entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
+        saes[name] = entry
+        for i in range(len(seeds)):
+            folder = out / (name if i == 0 else f"{name}-seed{i}")
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(run_dir(work, name, top, i), folder,
+                            ignore=shutil.ignore_patterns("density.pt", "metrics.json"))
+    card["saes"] = {n: saes[n] for n in REFERENCES if n in saes}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def prepare(work: Path, device: str, plain: bool) -> dict:
+    """Cache the training activations and save the held-out data the workers evaluate on."""
+    model = load_model(device, plain)
+    tokens = corpus_tokens(model.tokenizer, "train")                  # every training window
+    store = cache_activations(model, HOOK, tokens, work / "activations", progress=False)
+    held = corpus_tokens(model.tokenizer, "held_out")
+    with torch.no_grad():
+        x_eval = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
+                            for i in range(0, len(held), 32)]).float().cpu()
+    gen = torch.Generator().manual_seed(0)
+    splice_tokens = held[torch.randperm(len(held), generator=gen)[:SPLICE_WINDOWS]]
+    torch.save({"x_eval": x_eval, "mean_act": x_eval.mean(0), "splice_tokens": splice_tokens},
+               work / "held_out.pt")
+    header = {"hook": HOOK, "model": "standin",
+              "model_fingerprint": None if plain else fingerprint(model),
+              "standin_weights_sha1": _weights_sha1(), "training_activations": len(store),
+              "held_out_activations": len(x_eval), "batch_size": BATCH,
+              "torch": torch.__version__, "sae_minimal": sm.__version__,
+              "hardware": (torch.cuda.get_device_name() if device.startswith("cuda")
+                           else "CPU")}
+    print(f"{len(store):,} training activations, {len(x_eval):,} held-out", flush=True)
+    return header
+
+
+def _weights_sha1() -> str:
+    import hashlib
+    from sae_minimal.lm.models import standin_file
+    return hashlib.sha1(Path(standin_file("model.safetensors")).read_bytes()).hexdigest()
+
+
+def finalize(out: Path) -> None:
+    """Stamp a --plain-model card with the HookedTransformer's fingerprint, and re-evaluate the
+    first reference here (transformer-lens, this machine) next to what the card says."""
+    card = json.loads((out / CARD_JSON).read_text())
+    if card["standin_weights_sha1"] != _weights_sha1():
+        sys.exit("The card was built from other stand-in weights than this checkout's.")
+    model = load_lm("standin", verbose=False)
+    card["model_fingerprint"] = fingerprint(model)
+    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+    name, entry = next(iter(card["saes"].items()))
+    held = corpus_tokens(model.tokenizer, "held_out")
+    x = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
+                   for i in range(0, len(held), 32)]).float()
+    splice = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(0))
+                  [:SPLICE_WINDOWS]]
+    sae = sm.load_sae(out / name).float().eval()
+    here = evaluate_sae(model, sae, HOOK, x, splice, density=latent_density(sae, x),
+                        mean_act=x.mean(0))
+    there = entry["runs"][f"{entry['tokens']}/seed0"]
+    for key in ("fvu", "l0", "dead", "ce_recovered", "kl"):
+        print(f"{name} {key:>12}: card {there[key]:.6f}   here {here[key]:.6f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokens", type=int, default=8_000_000, help="training tokens T of each run")
+    ap.add_argument("--tokens", type=int, default=64_000_000, help="largest budget T per run")
+    ap.add_argument("--rungs", type=int, default=4, help="budgets T/2^(rungs-1), ..., T/2, T")
     ap.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
     ap.add_argument("--out", default=str(REFERENCE_DIR), help="where the SAEs and card go")
-    ap.add_argument("--work", default="build/reference_saes", help="activation cache folder")
+    ap.add_argument("--work", default="build/reference_saes", help="activations and runs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    ap.add_argument("--deadline", type=float, default=None, help="seconds; then ship what is done")
+    ap.add_argument("--plain-model", action="store_true", help="no transformer-lens (see above)")
+    ap.add_argument("--finalize", action="store_true", help="stamp a --plain-model card (above)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    out = Path(args.out)
+    t_start = time.perf_counter()
+    out, work = Path(args.out), Path(args.work)
+    if args.finalize:
+        return finalize(out)
     names = args.only or list(REFERENCES)
     unknown = sorted(set(names) - set(REFERENCES))
     if unknown:
         sys.exit(f"Unknown reference(s) {unknown}; choose from {list(REFERENCES)}.")
     if out.exists() and any((out / n).exists() for n in names) and not args.overwrite:
         sys.exit(f"{out} already holds some of {names}; pass --overwrite to rebuild them.")
-
-    model = load_lm("standin")
-    tokens = corpus_tokens(model.tokenizer, "train")                  # every training window
-    store = cache_activations(model, HOOK, tokens, Path(args.work) / "activations")
-    held = corpus_tokens(model.tokenizer, "held_out")
-    with torch.no_grad():
-        x_eval = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
-                            for i in range(0, len(held), 32)]).float()
-    mean_act = x_eval.mean(0)
-    splice_tokens = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(0))
-                         [:SPLICE_WINDOWS]]
-    print(f"{len(store):,} training activations, {len(x_eval):,} held-out; T = {args.tokens:,}")
-
-    card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
-    card.update({"hook": HOOK, "model": "standin", "model_fingerprint": fingerprint(model),
-                 "training_activations": len(store), "held_out_activations": len(x_eval),
-                 "batch_size": BATCH, "torch": torch.__version__, "sae_minimal": sm.__version__})
-    card.setdefault("saes", {})
-    for name in names:
-        cls, kw, seeds = REFERENCES[name]
-        budget = args.tokens
-        runs = {}
-        for n_tokens in (budget // 2, budget):
-            for seed in seeds:
-                sae = cls(D_IN, seed=seed, **kw)
-                t0 = time.perf_counter()
-                hist = sm.train_sae(sae, store.batches(BATCH, n_tokens=n_tokens, seed=seed),
-                                    n_tokens=n_tokens, batch_size=BATCH, seed=seed, progress=False)
-                seconds = time.perf_counter() - t0
-                as_shipped(sae.eval())
-                density = latent_density(sae, x_eval)
-                metrics = evaluate_sae(model, sae, HOOK, x_eval, splice_tokens, density=density,
-                                       mean_act=mean_act)
-                runs[n_tokens, seed] = (sae, density, {**metrics, "seconds": round(seconds, 1),
-                                                       "lr": max(hist["lr"]), "curve": curve(hist)})
-                print(f"{name} seed {seed} {n_tokens:>10,} tokens {seconds:7.0f} s  "
-                      + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
-        if len(seeds) == 2:
-            for n_tokens in (budget // 2, budget):
-                (a, da, ma), (b, _, _) = runs[n_tokens, seeds[0]], runs[n_tokens, seeds[1]]
-                ma["mmcs"] = sm.metrics.mmcs(a.W_dec[da > 0], b.W_dec)   # a's alive latents
-        entry = {"class": cls.__name__, "config": runs[budget, seeds[0]][0].config(),
-                 "tokens": budget, "seeds": list(seeds),
-                 "runs": {f"{n}/seed{s}": r[2] for (n, s), r in runs.items()}}
-        entry["converged"] = convergence(runs[budget // 2, seeds[0]][2], runs[budget, seeds[0]][2])
-        if (out / CARD_JSON).exists():      # another build process may have added SAEs since
-            card["saes"] = {**json.loads((out / CARD_JSON).read_text())["saes"], **card["saes"]}
-        card["saes"][name] = entry
-        card["saes"] = {n: card["saes"][n] for n in REFERENCES if n in card["saes"]}
-        for seed in seeds:
-            folder = out / (name if seed == seeds[0] else f"{name}-seed{seed}")
-            shutil.rmtree(folder, ignore_errors=True)
-            sm.save_sae(runs[budget, seed][0].half(), folder, hook_name=HOOK, model_name="standin",
-                        metadata={"context_size": 128, "prepend_bos": True})
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-        (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+    torch.set_num_threads(1)
+    work.mkdir(parents=True, exist_ok=True)
+    budgets = [args.tokens >> r for r in reversed(range(args.rungs))]
+    header = prepare(work, args.device, args.plain_model)
+    header["jobs"] = args.jobs
+    # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
+    todo = [(name, i, n) for n in budgets
+            for name in sorted(names, key=lambda m: -REFERENCES[m][1]["d_sae"])
+            for i in range(len(REFERENCES[name][2])) if finished(work, name, n, i) is None]
+    print(f"{len(todo)} runs to train, budgets {budgets}, {args.jobs} at a time", flush=True)
+    # a `timeout` (SIGTERM) still stops the workers and ships what is done
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: shipping what is done."))
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(args.jobs, _init_worker, (str(work), args.device, args.plain_model))
+    pending = [pool.apply_async(_run_safely, unit) for unit in todo]
+    try:
+        while pending:
+            time.sleep(1)
+            for job in [j for j in pending if j.ready()]:
+                pending.remove(job)
+                name, index, n, metrics, error = job.get()
+                elapsed = time.perf_counter() - t_start
+                if error:
+                    print(f"[{elapsed:5.0f} s] FAILED {name} seed{index} {n:,}: {error}",
+                          flush=True)
+                    continue
+                print(f"[{elapsed:5.0f} s] {name} seed{index} {n:>11,} tokens "
+                      f"{metrics['seconds']:6.0f} s  fvu {metrics['fvu']:.4f}  "
+                      f"l0 {metrics['l0']:.1f}  dead {metrics['dead']:.2%}  "
+                      f"ce_rec {metrics['ce_recovered']:.4f}", flush=True)
+                try:
+                    write_card(work, out, names, budgets, header)
+                except Exception:  # noqa: BLE001 -- the runs go on; the last call retries
+                    traceback.print_exc()
+            if args.deadline and time.perf_counter() - t_start > args.deadline:
+                print(f"Deadline: {len(pending)} runs not finished; shipping what is done.")
+                break
+    finally:
+        pool.terminate()
+        pool.join()
+        write_card(work, out, names, budgets, header)
+    print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def _card(folder: str) -> dict:
 
 def reference_card(folder: str | Path = REFERENCE_DIR) -> dict:
     """The card: {"hook", "model", "model_fingerprint", ..., "saes": {name: {"class", "config",
-    "tokens", "seeds", "runs": {"<tokens>/seed<s>": metrics and training curve}, "converged"}}}."""
+    "tokens", "seeds", "runs": {"<tokens>/seed<i>": metrics and training curve}, "converged"}}}.
+    "seeds" are the runs' random seeds; "seed<i>" in run keys and in twin names ("<name>-seed1")
+    counts them: seed0 is the first, seed1 its twin."""
     return _card(str(folder))
 
 
@@ -56,7 +58,7 @@ def list_references(folder: str | Path = REFERENCE_DIR) -> list[str]:
     """Names ``load_reference`` accepts: each SAE of the card, and "<name>-seed1" for its twin."""
     names = []
     for name, entry in reference_card(folder)["saes"].items():
-        names += [name] + [f"{name}-seed{s}" for s in entry["seeds"][1:]]
+        names += [name] + [f"{name}-seed{i}" for i in range(1, len(entry["seeds"]))]
     return names
 
 
@@ -126,18 +128,27 @@ def convergence(half: dict, full: dict) -> dict:
     return {**{k: round(v, 4) for k, v in changes.items()}, "ok": bool(ok)}
 
 
+def _hardware(card: dict) -> str:
+    if card.get("hardware", "CPU") == "CPU":
+        return "2 shared CPU cores, one thread"
+    return (f"one {card['hardware']} shared by {card.get('jobs', 1)} runs at a time, so a run "
+            "alone would take less")
+
+
 def card_markdown(card: dict) -> str:
     """REFERENCE_CARD.md from the card: one table row per SAE and budget."""
     lines = ["# Reference SAEs",
              "",
-             f"Stand-in model (fingerprint `{card['model_fingerprint'][:12]}`), `{card['hook']}`, "
+             f"Stand-in model (fingerprint `{(card['model_fingerprint'] or 'not stamped')[:12]}`), "
+             f"`{card['hook']}`, "
              f"trained by `scripts/build_reference_saes.py` (sae_minimal {card['sae_minimal']}, "
              f"torch {card['torch']}, batch {card['batch_size']}, default learning rate) on "
              f"{card['training_activations']:,} training activations; metrics on "
              f"{card['held_out_activations']:,} held-out ones, float16 weights as shipped "
-             "(seconds: wall time of the training loop on 2 shared CPU cores, one thread). "
-             "Converged: from T/2 to T tokens, FVU and MMCS change by under 2% relative and the "
-             "dead fraction by under 2% relative or 0.2 percentage points.",
+             f"(seconds: wall time of each training loop on {_hardware(card)}). "
+             "Each row is a run from scratch with its own schedule. Converged: from T/2 to T "
+             "tokens, FVU and MMCS change by under 2% relative and the dead fraction by under 2% "
+             "relative or 0.2 percentage points.",
              "",
              "| SAE | settings | tokens | seconds | FVU | L0 | dead | dense | CE recovered | KL "
              "| MMCS to twin | converged |",
@@ -148,10 +159,10 @@ def card_markdown(card: dict) -> str:
                              for k, v in cfg.items() if not isinstance(v, (list, dict)))
         for key, run in entry["runs"].items():
             tokens, seed = key.split("/")
-            if seed != f"seed{entry['seeds'][0]}":
+            if seed != "seed0" or int(tokens) > entry["tokens"]:
                 continue
-            final = int(tokens) == entry["tokens"]
-            c = entry["converged"]
+            final = int(tokens) == entry["tokens"] and "converged" in entry
+            c = entry.get("converged")
             verdict = ("yes" if c["ok"] else "**no**") + (
                 f" (FVU {c['fvu']:.1%}, dead {c['dead_points']:.2f} pt"
                 + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
