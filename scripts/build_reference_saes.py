@@ -20,10 +20,11 @@ dead fraction by under 2% relative or 0.2 percentage points (a relative change o
 0, 0.1% to 0.2% of latents, is noise, not a trend). Held-out metrics are measured on the held-out
 plays (Hamlet, The Tempest, Twelfth Night: 135k activations; CE loss recovered and KL from 256
 windows spliced), after the weights are rounded to the float16 that is shipped, so the card
-describes the files. What ships is the largest budget every reference reached.
+describes the files. Each reference ships at the largest budget both its seeds reached.
 
 Runs are independent, so ``--jobs N`` trains N at once in worker processes (on one GPU they share
-it). ``--deadline`` stops starting runs after that many seconds and ships what is complete; a
+it: on an 80 GB H100, 7 at a time fit and trained about 0.9M tokens a second in all; 14 ran out of
+memory). ``--deadline`` stops starting runs after that many seconds and ships what is complete; a
 second call with the same ``--work`` folder resumes, skipping finished runs.
 
 ``--plain-model`` computes the activations with ``scripts/standin_plain.py`` (plain PyTorch, no
@@ -157,29 +158,39 @@ def finished(work: Path, name: str, n_tokens: int, index: int) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_card(work: Path, out: Path, names: list[str], budgets: list[int], header: dict) -> None:
-    """Card and shipped folders for the largest budget every reference in ``names`` finished."""
-    done = [n for n in budgets if all(finished(work, name, n, i) is not None for name in names
-                                      for i in range(len(REFERENCES[name][2])))]
-    if not done:
+def add_mmcs(work: Path, name: str, n_tokens: int) -> None:
+    """Seed 0's metrics get the MMCS of its alive latents to its twin's decoder, once both ran."""
+    path = run_dir(work, name, n_tokens, 0) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    if "mmcs" in metrics or len(REFERENCES[name][2]) < 2:
         return
-    top = done[-1]
+    a, b = (sm.load_sae(run_dir(work, name, n_tokens, i)).float() for i in (0, 1))
+    alive = torch.load(run_dir(work, name, n_tokens, 0) / "density.pt") > 0
+    metrics["mmcs"] = sm.metrics.mmcs(a.W_dec[alive], b.W_dec)
+    path.write_text(json.dumps(metrics))
+
+
+def write_card(work: Path, out: Path, names: list[str], budgets: list[int], header: dict) -> None:
+    """Card and shipped folders: each reference at the largest budget both its seeds finished
+    (its verdict needs half that budget finished too)."""
     card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
     card.update(header)
     saes = card.get("saes", {})
     for name in names:
         cls, _, seeds = REFERENCES[name]
-        runs = {}
+        done = [n for n in budgets
+                if all(finished(work, name, n, i) is not None for i in range(len(seeds)))]
+        if not done:
+            continue
+        top = done[-1]
         for n in done:
-            ms = [finished(work, name, n, i) for i in range(len(seeds))]
-            if len(seeds) == 2:   # MMCS of seed 0's alive latents to its twin
-                a, b = (sm.load_sae(run_dir(work, name, n, i)).float() for i in (0, 1))
-                alive = torch.load(run_dir(work, name, n, 0) / "density.pt") > 0
-                ms[0]["mmcs"] = sm.metrics.mmcs(a.W_dec[alive], b.W_dec)
-            runs.update({f"{n}/seed{i}": m for i, m in enumerate(ms)})
+            add_mmcs(work, name, n)
+        runs = {f"{n}/seed{i}": finished(work, name, n, i)
+                for n in done for i in range(len(seeds))}
         entry = {"class": cls.__name__,
                  "config": sm.load_sae(run_dir(work, name, top, 0)).config(),
-                 "tokens": top, "seeds": list(seeds), "runs": runs}
+                 "tokens": top, "seeds": list(seeds), "hardware": header["hardware"],
+                 "runs": runs}
         if top // 2 in done:
             entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
         saes[name] = entry
@@ -192,6 +203,25 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
     (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+
+
+def import_ladder(runs_root: Path, out: Path, note: str) -> None:
+    """Put the metrics of finished runs (``runs_root``/<name>/<tokens>/seed<i>/metrics.json, as a
+    build's work folder holds them; weights not needed) into the card as its "ladder": held-out
+    metrics against the training budget, e.g. from a GPU build whose weights were not kept."""
+    runs = {}
+    for path in sorted(runs_root.glob("*/*/seed*/metrics.json")):
+        name, tokens, seed = path.parts[-4:-1]
+        metrics = json.loads(path.read_text())
+        metrics.pop("curve", None)
+        runs.setdefault(name, {})[f"{tokens}/{seed}"] = metrics
+    runs = {n: dict(sorted(runs[n].items(), key=lambda kv: int(kv[0].split("/")[0])))
+            for n in REFERENCES if n in runs}
+    card = json.loads((out / CARD_JSON).read_text())
+    card["ladder"] = {"note": note, "runs": runs}
+    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+    print(f"ladder: {sum(len(r) for r in runs.values())} runs of {len(runs)} references")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -262,12 +292,17 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=None, help="seconds; then ship what is done")
     ap.add_argument("--plain-model", action="store_true", help="no transformer-lens (see above)")
     ap.add_argument("--finalize", action="store_true", help="stamp a --plain-model card (above)")
+    ap.add_argument("--import-ladder", metavar="RUNS", help="put RUNS/<name>/<tokens>/seed<i>/"
+                    "metrics.json into the card's ladder (with --ladder-note), then stop")
+    ap.add_argument("--ladder-note", default="", help="where and how the ladder's runs ran")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
     args = ap.parse_args()
     t_start = time.perf_counter()
     out, work = Path(args.out), Path(args.work)
     if args.finalize:
         return finalize(out)
+    if args.import_ladder:
+        return import_ladder(Path(args.import_ladder), out, args.ladder_note)
     names = args.only or list(REFERENCES)
     unknown = sorted(set(names) - set(REFERENCES))
     if unknown:

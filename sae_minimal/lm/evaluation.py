@@ -120,10 +120,15 @@ def evaluate_sae(model, sae, hook_name: str, x: Tensor, tokens: Tensor | None, *
     ``density`` [d_sae] (firing on no / more than ``DENSE`` of tokens); and, given held-out
     ``tokens`` [m, context], CE loss recovered, ΔCE and KL with the SAE spliced in (``splice_eval``,
     mean-ablation at ``mean_act``)."""
-    out = [sae(chunk) for chunk in x.split(8192)]
-    x_hat = torch.cat([o.x_hat for o in out])
-    latents = torch.cat([o.latents for o in out])
-    result = {"l0": l0(latents), "fvu": fvu(x, x_hat), "dead": dead_fraction(density),
+    # chunk by chunk, keeping only x_hat: all latents at once would be [n, d_sae] (4.4 GB for
+    # 135k activations and 8192 latents)
+    x_hat, active = [], 0.0
+    for chunk in x.split(8192):
+        out = sae(chunk)
+        x_hat.append(out.x_hat)
+        active += l0(out.latents) * len(chunk)
+    x_hat = torch.cat(x_hat)
+    result = {"l0": active / len(x), "fvu": fvu(x, x_hat), "dead": dead_fraction(density),
               "dense": float((density > DENSE).float().mean()),
               "gamma": relative_reconstruction_bias(x, x_hat, center=mean_act)}
     if tokens is not None:

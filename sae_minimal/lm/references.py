@@ -171,7 +171,30 @@ def card_markdown(card: dict) -> str:
                          f"{int(tokens):,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
                          f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
                          f"{run['ce_recovered']:.3f} | {run['kl']:.3f} | {mmcs} | {verdict} |")
+    if "ladder" in card:
+        lines += _ladder_markdown(card["ladder"])
     return "\n".join(lines) + "\n"
+
+
+def _ladder_markdown(ladder: dict) -> list[str]:
+    """The card's ladder: held-out metrics of runs at growing budgets, weights not shipped."""
+    lines = ["", "## Convergence ladder", "", ladder["note"], "",
+             "| SAE | tokens | FVU seed0 / seed1 | FVU change from half the tokens | L0 | dead "
+             "| dense | CE recovered | KL |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, runs in ladder["runs"].items():
+        for key, run in runs.items():
+            tokens, seed = key.split("/")
+            if seed != "seed0":
+                continue
+            twin = runs.get(f"{tokens}/seed1")
+            half = runs.get(f"{int(tokens) // 2}/seed0")
+            change = f"{run['fvu'] / half['fvu'] - 1:+.1%}" if half else ""
+            lines.append(f"| {name} | {int(tokens):,} | {run['fvu']:.4f}"
+                         + (f" / {twin['fvu']:.4f}" if twin else "") + f" | {change} | "
+                         f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
+                         f"{run['ce_recovered']:.3f} | {run['kl']:.3f} |")
+    return lines
 
 
 __all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
