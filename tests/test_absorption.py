@@ -63,3 +63,21 @@ def test_check_absorption_rate():
     fails(over_all_rows, "all rows")
     fails(main_may_fire, "main latent fires")
     fails(miss_rate, "miss rate")
+
+
+def test_the_chance_level_is_not_a_seed0_saes_first_decoder_row(monkeypatch):
+    """torch.randn(d, seed 0) *is* a seed-0 SAE's initial decoder row 0: as the "random" direction
+    it made latent 0 look like an absorber wherever it fired."""
+    import sae_minimal as sm
+    from sae_minimal.lm import absorption
+    sae = sm.TopKSAE(256, 512, k=1, seed=0)
+    x = 10 * sae.W_dec[0].detach().expand(8, 256)            # only latent 0 fires
+    probe = sm.TopKSAE(256, 512, k=1, seed=5).W_dec[3].detach()
+    report = absorption.absorption_report(sae, x, torch.ones(8, dtype=torch.bool),
+                                          torch.tensor([7]), probe)
+    assert report["absorption_random_direction"] == 0.0
+    monkeypatch.setattr(absorption, "random_direction",
+                        lambda d: torch.randn(d, generator=torch.Generator().manual_seed(0)))
+    biased = absorption.absorption_report(sae, x, torch.ones(8, dtype=torch.bool),
+                                          torch.tensor([7]), probe)
+    assert biased["absorption_random_direction"] == 1.0      # what the old chance level did

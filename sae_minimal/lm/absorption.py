@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
+from .steering import random_direction
 
 
 @torch.no_grad()
@@ -105,7 +106,9 @@ def absorption_report(sae, x: Tensor, positive: Tensor, main: Tensor, direction:
     codes = torch.cat([sae.encode(c) for c in x[positive.bool()].split(chunk)])
     fires = codes > 0
     absorbing = _absorbing(fires, main, decoder_cosines(sae, direction), tau)   # [n, d_sae]
-    rand = torch.randn(direction.shape, generator=torch.Generator().manual_seed(0))
+    # the chance level: a random direction from a stream of its own (torch.randn with seed 0 is a
+    # seed-0 SAE's initial decoder row 0, which training may not have moved far)
+    rand = random_direction(direction.shape[-1])
     chance = _absorbing(fires, main, decoder_cosines(sae, rand), tau)
     who = absorbing.sum(0)
     return {"n": int(len(codes)), "miss_rate": float((~fires[:, main].any(1)).float().mean()),

@@ -25,6 +25,7 @@ every occurrence of the token; we skip the position): tests/test_sae_lens_intero
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -42,6 +43,18 @@ def _replace(act: Tensor, hook, new: Tensor) -> Tensor:
     act = act.clone()
     act[:, 1:] = new[:, 1:].to(act.dtype)   # keep BOS (position 0) as it was
     return act
+
+
+def _recovered(ce: dict[str, float], baseline: str) -> float:
+    """(CE_baseline - CE_spliced) / (CE_baseline - CE_clean). NaN, with a warning, where ablating
+    the layer does not raise the loss (e.g. a randomly initialised model): no gap to recover."""
+    gap = ce[baseline] - ce["clean"]
+    if gap <= 1e-6:
+        warnings.warn(f"{baseline}-ablating this layer does not raise the CE loss ({ce[baseline]:.4f} "
+                      f"vs {ce['clean']:.4f} nats clean), so CE loss recovered is undefined (NaN). "
+                      "Read ce_delta (spliced minus clean) instead.", stacklevel=3)
+        return float("nan")
+    return (ce[baseline] - ce["spliced"]) / gap
 
 
 @torch.no_grad()
@@ -100,9 +113,8 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
     return {
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
         "ce_mean_ablated": ce["mean"],
-        "ce_loss_recovered": (ce["zero"] - ce["spliced"]) / max(ce["zero"] - ce["clean"], 1e-9),
-        "ce_loss_recovered_vs_mean": (ce["mean"] - ce["spliced"])
-                                     / max(ce["mean"] - ce["clean"], 1e-9),
+        "ce_loss_recovered": _recovered(ce, "zero"),
+        "ce_loss_recovered_vs_mean": _recovered(ce, "mean"),
         "ce_delta": ce["spliced"] - ce["clean"], "kl_div": sums["kl"] / n_tok,
         "fvu": fvu(torch.cat(acts_all), torch.cat(recon_all)), "l0": l0(latents),
         "dead_fraction": dead_fraction(latents),
