@@ -50,6 +50,7 @@ import traceback
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 import sae_minimal as sm
 from sae_minimal.lm.activations import ActivationStore, cache_activations, run_to_hook
@@ -185,7 +186,7 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
         top = done[-1]
         for n in done:
             add_mmcs(work, name, n)
-        runs = {f"{n}/seed{i}": finished(work, name, n, i)
+        runs = {f"{n}/seed{i}": finished(work, name, n, i)     # read after add_mmcs wrote MMCS
                 for n in done for i in range(len(seeds))}
         entry = {"class": cls.__name__,
                  "config": sm.load_sae(run_dir(work, name, top, 0)).config(),
@@ -193,6 +194,8 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
                  "runs": runs}
         if top // 2 in done:
             entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
+        if saes.get(name) == entry:      # called after every run: copy only what changed
+            continue
         saes[name] = entry
         for i in range(len(seeds)):
             folder = out / (name if i == 0 else f"{name}-seed{i}")
@@ -200,6 +203,11 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
             shutil.copytree(run_dir(work, name, top, i), folder,
                             ignore=shutil.ignore_patterns("density.pt", "metrics.json"))
     card["saes"] = {n: saes[n] for n in REFERENCES if n in saes}
+    save_card(out, card)
+
+
+def save_card(out: Path, card: dict) -> None:
+    """card.json and the REFERENCE_CARD.md made from it."""
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
     (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
@@ -219,24 +227,29 @@ def import_ladder(runs_root: Path, out: Path, note: str) -> None:
             for n in REFERENCES if n in runs}
     card = json.loads((out / CARD_JSON).read_text())
     card["ladder"] = {"note": note, "runs": runs}
-    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-    (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+    save_card(out, card)
     print(f"ladder: {sum(len(r) for r in runs.values())} runs of {len(runs)} references")
 
 
 # -- main -------------------------------------------------------------------------------------
+
+def held_out_data(model) -> tuple[Tensor, Tensor]:
+    """x_eval [n, d_in]: every held-out activation (BOS dropped), float32 on the CPU; and the
+    SPLICE_WINDOWS held-out windows [w, context] that CE loss recovered and KL are measured on."""
+    held = corpus_tokens(model.tokenizer, "held_out")
+    with torch.no_grad():
+        x_eval = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
+                            for i in range(0, len(held), 32)]).float().cpu()
+    gen = torch.Generator().manual_seed(0)
+    return x_eval, held[torch.randperm(len(held), generator=gen)[:SPLICE_WINDOWS]]
+
 
 def prepare(work: Path, device: str, plain: bool) -> dict:
     """Cache the training activations and save the held-out data the workers evaluate on."""
     model = load_model(device, plain)
     tokens = corpus_tokens(model.tokenizer, "train")                  # every training window
     store = cache_activations(model, HOOK, tokens, work / "activations", progress=False)
-    held = corpus_tokens(model.tokenizer, "held_out")
-    with torch.no_grad():
-        x_eval = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
-                            for i in range(0, len(held), 32)]).float().cpu()
-    gen = torch.Generator().manual_seed(0)
-    splice_tokens = held[torch.randperm(len(held), generator=gen)[:SPLICE_WINDOWS]]
+    x_eval, splice_tokens = held_out_data(model)
     torch.save({"x_eval": x_eval, "mean_act": x_eval.mean(0), "splice_tokens": splice_tokens},
                work / "held_out.pt")
     header = {"hook": HOOK, "model": "standin",
@@ -264,14 +277,9 @@ def finalize(out: Path) -> None:
         sys.exit("The card was built from other stand-in weights than this checkout's.")
     model = load_lm("standin", verbose=False)
     card["model_fingerprint"] = fingerprint(model)
-    (out / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
-    (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
+    save_card(out, card)
     name, entry = next(iter(card["saes"].items()))
-    held = corpus_tokens(model.tokenizer, "held_out")
-    x = torch.cat([run_to_hook(model, held[i:i + 32], HOOK)[:, 1:].reshape(-1, D_IN)
-                   for i in range(0, len(held), 32)]).float()
-    splice = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(0))
-                  [:SPLICE_WINDOWS]]
+    x, splice = held_out_data(model)
     sae = sm.load_sae(out / name).float().eval()
     here = evaluate_sae(model, sae, HOOK, x, splice, density=latent_density(sae, x),
                         mean_act=x.mean(0))

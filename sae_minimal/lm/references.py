@@ -128,6 +128,12 @@ def convergence(half: dict, full: dict) -> dict:
     return {**{k: round(v, 4) for k, v in changes.items()}, "ok": bool(ok)}
 
 
+def _cells(run: dict) -> str:
+    """The table cells both of the card's tables give a run: L0, dead, dense, CE recovered, KL."""
+    return (f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
+            f"{run['ce_recovered']:.3f} | {run['kl']:.3f}")
+
+
 def _hardware(card: dict) -> str:
     if card.get("hardware", "CPU") == "CPU":
         return "2 shared CPU cores, one thread"
@@ -169,8 +175,7 @@ def card_markdown(card: dict) -> str:
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
             lines.append(f"| {name} | {settings if final else ''} | "
                          f"{int(tokens):,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
-                         f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
-                         f"{run['ce_recovered']:.3f} | {run['kl']:.3f} | {mmcs} | {verdict} |")
+                         f"{_cells(run)} | {mmcs} | {verdict} |")
     if "ladder" in card:
         lines += _ladder_markdown(card["ladder"])
     return "\n".join(lines) + "\n"
@@ -192,8 +197,7 @@ def _ladder_markdown(ladder: dict) -> list[str]:
             change = f"{run['fvu'] / half['fvu'] - 1:+.1%}" if half else ""
             lines.append(f"| {name} | {int(tokens):,} | {run['fvu']:.4f}"
                          + (f" / {twin['fvu']:.4f}" if twin else "") + f" | {change} | "
-                         f"{run['l0']:.1f} | {run['dead']:.2%} | {run['dense']:.2%} | "
-                         f"{run['ce_recovered']:.3f} | {run['kl']:.3f} |")
+                         f"{_cells(run)} |")
     return lines
 
 
