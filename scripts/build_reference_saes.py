@@ -8,8 +8,9 @@ Every reference reads the stand-in's residual stream after block 2 (``blocks.2.h
 d_in 256; BOS positions left out) and is trained by ``train_sae`` with the defaults a learner gets
 (``default_lr``, warm-up, decay, AuxK where the variant has it; batch 1024), on shuffled passes over
 the whole training split of the bundled corpus (1.5M activations; long runs take many passes).
-Each reference has its own seeds (``REFERENCES``): no two start from the same initialisation or see
-the same data order, and none shares seed 0 with the SAEs a learner trains in the notebooks.
+Each reference has its own seeds (``references.RECIPES``): no two start from the same
+initialisation or see the same data order, and none shares seed 0 with the SAEs a learner trains in
+the notebooks.
 
 **Converged?** Each reference is trained from scratch at a ladder of budgets, T/2^(rungs-1), ...,
 T/2, T tokens, each run with its own full schedule (a run stopped half-way would still be at its
@@ -56,26 +57,13 @@ import sae_minimal as sm
 from sae_minimal.lm.activations import ActivationStore, cache_activations, run_to_hook
 from sae_minimal.lm.evaluation import evaluate_sae, latent_density
 from sae_minimal.lm.models import fingerprint, load_lm
-from sae_minimal.lm.references import CARD_JSON, HOOK, REFERENCE_DIR, card_markdown, convergence
+from sae_minimal.lm.references import (CARD_JSON, HOOK, RECIPES, REFERENCE_DIR, card_markdown,
+                                       convergence, training_curve)
 from sae_minimal.lm.text import corpus_tokens
 
 D_IN = 256
 BATCH = 1024
 SPLICE_WINDOWS = 256   # held-out windows for CE loss recovered and KL (32k tokens)
-
-# name -> (constructor, keyword arguments, seeds): 04's middle setting of each variant at 2048
-# latents with a twin for MMCS, and the widths 06 and 07 compare. Seeds differ between references:
-# same-seed SAEs of different widths would start with the narrower one's decoder rows.
-REFERENCES = {
-    "l1-2048":              (sm.ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (1000, 1001)),
-    "topk-k16-2048":        (sm.TopKSAE, {"d_sae": 2048, "k": 16}, (1010, 1011)),
-    "batchtopk-k16-2048":   (sm.BatchTopKSAE, {"d_sae": 2048, "k": 16}, (1020, 1021)),
-    "jumprelu-2048":        (sm.JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (1030, 1031)),
-    "matryoshka-k16-2048":  (sm.MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (1040, 1041)),
-    "topk-k16-512":         (sm.TopKSAE, {"d_sae": 512, "k": 16}, (1050,)),
-    "topk-k16-8192":        (sm.TopKSAE, {"d_sae": 8192, "k": 16}, (1060,)),
-    "matryoshka-k16-8192":  (sm.MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (1070,)),
-}
 
 
 def as_shipped(sae):
@@ -84,13 +72,6 @@ def as_shipped(sae):
         for p in sae.parameters():
             p.copy_(p.half().float())
     return sae
-
-
-def curve(history, points: int = 60) -> dict:
-    """The training curve thinned to about ``points`` entries (training-batch FVU, L0, dead)."""
-    step = max(1, len(history["tokens"]) // points)
-    return {k: [round(float(v), 5) for v in history[k][::step]]
-            for k in ("tokens", "fvu", "l0", "dead_frac") if k in history}
 
 
 def run_dir(work: Path, name: str, n_tokens: int, index: int) -> Path:
@@ -123,7 +104,7 @@ def _init_worker(work: str, device: str, plain: bool) -> None:
 
 def train_run(name: str, index: int, n_tokens: int) -> dict:
     """Train, evaluate (as float16) and save one run; its metrics."""
-    cls, kw, seeds = REFERENCES[name]
+    cls, kw, seeds = RECIPES[name]
     seed, device = seeds[index], _DATA["device"]
     sae = cls(D_IN, seed=seed, **kw)
     t0 = time.perf_counter()
@@ -135,7 +116,7 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     metrics = evaluate_sae(_DATA["model"], sae, HOOK, _DATA["x_eval"], _DATA["splice_tokens"],
                            density=density, mean_act=_DATA["mean_act"])
     metrics = {**metrics, "seconds": round(seconds, 1), "lr": max(hist["lr"]),
-               "curve": curve(hist)}
+               "curve": training_curve(hist)}
     folder = run_dir(_DATA["work"], name, n_tokens, index)
     shutil.rmtree(folder, ignore_errors=True)
     sm.save_sae(sae.half().cpu(), folder, hook_name=HOOK, model_name="standin",
@@ -163,7 +144,7 @@ def add_mmcs(work: Path, name: str, n_tokens: int) -> None:
     """Seed 0's metrics get the MMCS of its alive latents to its twin's decoder, once both ran."""
     path = run_dir(work, name, n_tokens, 0) / "metrics.json"
     metrics = json.loads(path.read_text())
-    if "mmcs" in metrics or len(REFERENCES[name][2]) < 2:
+    if "mmcs" in metrics or len(RECIPES[name][2]) < 2:
         return
     a, b = (sm.load_sae(run_dir(work, name, n_tokens, i)).float() for i in (0, 1))
     alive = torch.load(run_dir(work, name, n_tokens, 0) / "density.pt") > 0
@@ -178,7 +159,7 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
     card.update(header)
     saes = card.get("saes", {})
     for name in names:
-        cls, _, seeds = REFERENCES[name]
+        cls, _, seeds = RECIPES[name]
         done = [n for n in budgets
                 if all(finished(work, name, n, i) is not None for i in range(len(seeds)))]
         if not done:
@@ -202,7 +183,7 @@ def write_card(work: Path, out: Path, names: list[str], budgets: list[int], head
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(run_dir(work, name, top, i), folder,
                             ignore=shutil.ignore_patterns("density.pt", "metrics.json"))
-    card["saes"] = {n: saes[n] for n in REFERENCES if n in saes}
+    card["saes"] = {n: saes[n] for n in RECIPES if n in saes}
     save_card(out, card)
 
 
@@ -224,7 +205,7 @@ def import_ladder(runs_root: Path, out: Path, note: str) -> None:
         metrics.pop("curve", None)
         runs.setdefault(name, {})[f"{tokens}/{seed}"] = metrics
     runs = {n: dict(sorted(runs[n].items(), key=lambda kv: int(kv[0].split("/")[0])))
-            for n in REFERENCES if n in runs}
+            for n in RECIPES if n in runs}
     card = json.loads((out / CARD_JSON).read_text())
     card["ladder"] = {"note": note, "runs": runs}
     save_card(out, card)
@@ -311,10 +292,10 @@ def main() -> None:
         return finalize(out)
     if args.import_ladder:
         return import_ladder(Path(args.import_ladder), out, args.ladder_note)
-    names = args.only or list(REFERENCES)
-    unknown = sorted(set(names) - set(REFERENCES))
+    names = args.only or list(RECIPES)
+    unknown = sorted(set(names) - set(RECIPES))
     if unknown:
-        sys.exit(f"Unknown reference(s) {unknown}; choose from {list(REFERENCES)}.")
+        sys.exit(f"Unknown reference(s) {unknown}; choose from {list(RECIPES)}.")
     if out.exists() and any((out / n).exists() for n in names) and not args.overwrite:
         sys.exit(f"{out} already holds some of {names}; pass --overwrite to rebuild them.")
     torch.set_num_threads(1)
@@ -324,8 +305,8 @@ def main() -> None:
     header["jobs"] = args.jobs
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
     todo = [(name, i, n) for n in budgets
-            for name in sorted(names, key=lambda m: -REFERENCES[m][1]["d_sae"])
-            for i in range(len(REFERENCES[name][2])) if finished(work, name, n, i) is None]
+            for name in sorted(names, key=lambda m: -RECIPES[m][1]["d_sae"])
+            for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None]
     print(f"{len(todo)} runs to train, budgets {budgets}, {args.jobs} at a time", flush=True)
     # a `timeout` (SIGTERM) still stops the workers and ships what is done
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: shipping what is done."))

@@ -8,7 +8,8 @@ through ``Lab`` exactly as a notebook's ``Lab()`` builds it once ``load_lm`` has
 
 Three things are made small, and nothing else is changed: 3 blocks instead of 12 with the hook at
 blocks.1 instead of blocks.6 (``HOOKS["gpt2"]``: the same code with another block number, 4x cheaper),
-24 training windows / 2 held-out windows / 4096 training tokens (``SIZES``), and d_sae = d_in = 768.
+24 training windows / 2 held-out windows / 4096 training tokens, for the learner's SAEs and the
+references' recipes (``SIZES``), and d_sae = d_in = 768.
 A random model's activations have no features to find, so the assertions are about the plumbing:
 ids, shapes, alignment of activations with their tokens, disjoint splits, finite metrics in range.
 """
@@ -45,7 +46,8 @@ from sae_minimal.metrics import max_cosines, nearest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.1.hook_resid_post"
-TINY = {"train_windows": (24, 24), "train_tokens": (4096, 4096), "eval_windows": (2, 2)}
+TINY = {"train_windows": (24, 24), "train_tokens": (4096, 4096), "eval_windows": (2, 2),
+        "reference_tokens": (4096, 4096)}
 EOT = 50256                                       # <|endoftext|>: GPT-2's BOS, EOS and padding
 CONCEPT = ["thou", "thee", "thy", "thine", "thyself"]   # notebook 05's concept
 
@@ -193,9 +195,49 @@ def test_seed_twin_mmcs_and_the_reference_sae_message(lab, sae):
     alive = lab.density(sae) > 0
     cos = max_cosines(sae.W_dec[alive], twin.W_dec)
     assert len(cos) == int(alive.sum()) > 0 and 0 <= float(cos.mean()) <= 1
-    # the shipped references read the stand-in: on GPT-2 the lab points at the published SAEs
-    with pytest.raises(ValueError, match="load_pretrained"):
-        lab.reference("topk-k16-2048")
+
+
+# --- reference SAEs: none ship for GPT-2, so the lab trains their recipes -------------------------------
+def test_references_on_gpt2_are_their_recipes_trained_by_the_lab(lab, capsys):
+    assert not lab.shipped_references
+    ref = lab.reference("topk-k16-512")
+    assert (type(ref).__name__, ref.d_in, ref.d_sae, ref.k) == ("TopKSAE", 768, 512, 16)
+    # the recipe's own seed (1050), not the learner's seed 0: its initial decoder is seed 1050's
+    assert lab.reference_seed("topk-k16-512") == 1050
+    history = lab.curves(ref)
+    assert history is not None and len(history["fvu"]) == 4      # 4096 tokens, batches of 1024
+    assert lab.reference("topk-k16-512") is not ref and lab.run(lab.reference("topk-k16-512")).history is None
+    twin = lab.reference("topk-k16-2048-seed1")
+    assert lab.reference_seed("topk-k16-2048-seed1") == 1011 and twin.d_sae == 2048
+    with pytest.raises(KeyError, match="No reference SAE named 'topk-k16-512-seed1'.*topk-k16-2048-seed1"):
+        lab.reference("topk-k16-512-seed1")
+
+
+def test_reference_runs_on_gpt2_measure_both_budgets_and_the_twin(lab):
+    runs = lab.reference_runs("topk-k16-2048")
+    assert list(runs) == [2048, 4096]                         # T/2 and T: TINY's reference_tokens
+    for run in runs.values():
+        assert {"fvu", "l0", "dead", "ce_recovered", "kl", "lr", "seconds", "curve", "mmcs"} <= set(run)
+        assert 0 < run["mmcs"] <= 1 and run["curve"]["tokens"][-1] <= 4096
+    assert "mmcs" not in lab.reference_runs("topk-k16-512")[4096]   # no twin, no MMCS
+    assert lab.reference_runs("topk-k16-2048") is runs              # measured once per lab
+    with pytest.raises(KeyError, match="No reference SAE named"):
+        lab.reference_runs("topk-k16-4096")
+
+
+def test_lab_takes_a_model_object_and_a_hook(gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_MINIMAL_CACHE", str(tmp_path))
+    for key, value in TINY.items():
+        monkeypatch.setitem(lab_mod.SIZES, key, value)
+    own = lab_mod.Lab(gpt2, hook="blocks.0.hook_resid_post", expansion=1, verbose=False)
+    assert own.model is gpt2 and own.hook == "blocks.0.hook_resid_post" and own.d_sae == 768
+    with pytest.raises(ValueError, match=r"'blocks\.9\.hook_resid_post' is not a hook point of 'gpt2'.*"
+                                         r"blocks\.1\.hook_resid_post"):
+        lab_mod.Lab(gpt2, hook="blocks.9.hook_resid_post", verbose=False)
+    renamed = models.gpt2_shaped(n_layers=2, tokenizer=True)
+    renamed.cfg.model_name = "my-model"
+    with pytest.raises(ValueError, match=r"No default layer for a model named 'my-model': pass hook="):
+        lab_mod.Lab(renamed, verbose=False)
 
 
 def test_dashboards_show_gpt2_token_strings(lab, sae, gpt2):

@@ -186,8 +186,31 @@ def test_lab_trains_once_then_loads_the_same_sae(lab):
     longer = lab.sae("t", _make, n_tokens=16384, progress=False)
     assert len({lab.run(s).path for s in (first, other_seed, longer)}) == 3, "settings must not collide"
     assert not torch.equal(other_seed.W_dec, first.W_dec)
+    # AuxK off is not in cfg.json (config()), but it is in the cache key: the control is its own run
+    no_auxk = lab.sae("t", lambda seed: sm.TopKSAE(256, 512, k=8, aux_coeff=0.0, seed=seed), n_tokens=8192,
+                      progress=False)
+    assert lab.run(no_auxk).path != lab.run(first).path and lab.run(no_auxk).history is not None
+    # and the history is saved with the SAE: a later lab (or notebook) reads the curves back
+    assert lab.curves(again)["fvu"] == pytest.approx(lab.run(first).history["fvu"])
     metrics = lab.evaluate(first)
     assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["fvu"] < 1 and 0 < metrics["ce_recovered"] <= 1.01
+
+
+def test_splice_eval_reuses_the_ablation_baselines_exactly(lab):
+    from sae_minimal.lm.evaluation import ablation_ce, splice_eval
+
+    sae = lab.sae("t", _make, n_tokens=8192, progress=False)
+    mean = lab.eval_activations().mean(0)
+    full = splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False)
+    baselines = ablation_ce(lab.model, lab.hook, lab.held_out, mean)
+    assert baselines == {"zero": full["ce_zero_ablated"], "mean": full["ce_mean_ablated"]}
+    assert splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False,
+                       ablation=baselines) == full
+    # and they are what the ratio is computed from: a wrong baseline gives another ratio
+    wrong = splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False,
+                        ablation={"zero": baselines["zero"] + 1, "mean": baselines["mean"]})
+    assert wrong["ce_loss_recovered"] > full["ce_loss_recovered"]
+    assert lab.evaluate(sae)["ce_recovered"] == full["ce_loss_recovered"]
 
 
 def test_lab_evaluates_a_sae_lens_sae_as_it_evaluates_ours(lab, tmp_path):
@@ -197,16 +220,22 @@ def test_lab_evaluates_a_sae_lens_sae_as_it_evaluates_ours(lab, tmp_path):
     assert lab.evaluate(theirs, splice=False) == pytest.approx(lab.evaluate(ours, splice=False))
 
 
-def test_lab_reference_loads_on_the_stand_in_and_refuses_other_models(lab, monkeypatch):
+def test_lab_reference_loads_on_the_stand_in_and_trains_the_recipe_elsewhere(lab, monkeypatch):
     from sae_minimal.lm import references
 
     if not (references.REFERENCE_DIR / references.CARD_JSON).exists():
         pytest.skip("the reference SAEs are not built in this checkout")
+    assert lab.shipped_references
     sae = lab.reference("topk-k16-2048")
     assert lab.evaluate(sae, splice=False)["fvu"] < 0.2        # it reads this lab's activations
-    monkeypatch.setattr(lab, "fingerprint", "0" * 40)           # a rebuilt stand-in
-    with pytest.raises(ValueError, match="rebuilt stand-in"):
-        lab.reference("topk-k16-2048")
+    with pytest.raises(KeyError, match="did not come from this lab"):
+        lab.run(sae)                                            # loaded from the package, not trained
+    monkeypatch.setattr(lab, "fingerprint", "0" * 40)           # a rebuilt stand-in: other weights
+    monkeypatch.setitem(lab.size, "reference_tokens", 2048)
+    assert not lab.shipped_references
+    built = lab.reference("topk-k16-512")                       # the recipe, trained by this lab
+    assert lab.run(built).history is not None and (built.d_sae, built.k) == (512, 16)
+    assert lab.reference_seed("topk-k16-512") == references.RECIPES["topk-k16-512"][2][0]
 
 
 def test_lab_moves_a_corrupt_checkpoint_aside_and_retrains(lab, capsys):

@@ -57,14 +57,39 @@ def _recovered(ce: dict[str, float], baseline: str) -> float:
     return (ce[baseline] - ce["spliced"]) / gap
 
 
+def _ablations(mean_act: Tensor, like: Tensor) -> dict[str, Tensor]:
+    """The two baselines' replacement activations, shaped like ``like`` [b, pos, d_in]."""
+    return {"zero": torch.zeros_like(like), "mean": mean_act.to(like.device).expand_as(like)}
+
+
+@torch.no_grad()
+def ablation_ce(model, hook_name: str, tokens: Tensor, mean_act: Tensor, *,
+                batch_size: int = 16) -> dict[str, float]:
+    """{"zero": CE_zero, "mean": CE_mean} on ``tokens`` [n, context]: the two baselines of CE loss
+    recovered, which do not depend on the SAE. Pass them to ``splice_eval(..., ablation=...)`` to
+    evaluate several SAEs on the same tokens without recomputing them (``Lab.evaluate`` does)."""
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    sums, n_tok = {"zero": 0.0, "mean": 0.0}, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size]
+        like = torch.empty(*batch.shape, mean_act.shape[-1], device=batch.device)   # [b, pos, d]
+        for key, new in _ablations(mean_act, like).items():
+            logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=new))])
+            sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
+        n_tok += batch.shape[0] * (batch.shape[1] - 2)
+    return {k: v / n_tok for k, v in sums.items()}
+
+
 @torch.no_grad()
 def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int = 16,
-                mean_act: Tensor | None = None, progress: bool = True) -> dict[str, float]:
+                mean_act: Tensor | None = None, progress: bool = True,
+                ablation: dict[str, float] | None = None) -> dict[str, float]:
     """CE loss clean / spliced / zero-ablated / mean-ablated, CE loss recovered, KL, FVU and L0 on
     ``tokens``.
 
     tokens: [n, context] with BOS at position 0. mean_act: [d] for mean-ablation (default: the mean
-    over these tokens' non-BOS positions).
+    over these tokens' non-BOS positions). ablation: ``ablation_ce(...)`` of the same tokens,
+    mean_act and batch_size, so that its two forward passes per batch are not run again.
     """
     check_hook(model, hook_name)
     sae = as_sae(sae)
@@ -90,13 +115,12 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         x_hat = out.x_hat.reshape(x.shape).to(x.device)      # [b, pos, d_in]
         logits_spliced = model.run_with_hooks(
             batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
-        logits_zero = model.run_with_hooks(
-            batch, fwd_hooks=[(hook_name, partial(_replace, new=torch.zeros_like(x)))])
-        logits_mean = model.run_with_hooks(
-            batch, fwd_hooks=[(hook_name, partial(_replace, new=mean_act.to(x.device)
-                                                  .expand_as(x)))])
-        for key, logits in (("clean", logits_clean), ("spliced", logits_spliced),
-                            ("zero", logits_zero), ("mean", logits_mean)):
+        runs = {"clean": logits_clean, "spliced": logits_spliced}
+        if ablation is None:
+            for key, new in _ablations(mean_act, x).items():
+                runs[key] = model.run_with_hooks(
+                    batch, fwd_hooks=[(hook_name, partial(_replace, new=new))])
+        for key, logits in runs.items():
             # skip the prediction made *at* BOS (position 0), whose input is not spliced
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         logp_clean = logits_clean[:, 1:-1].log_softmax(-1)
@@ -109,6 +133,8 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         latents_all.append(out.latents.reshape(*x.shape[:2], -1)[:, 1:].reshape(-1, sae.d_sae)
                            .to(x.device))
     ce = {k: sums[k] / n_tok for k in ("clean", "spliced", "zero", "mean")}
+    if ablation is not None:
+        ce.update(zero=ablation["zero"], mean=ablation["mean"])
     latents = torch.cat(latents_all)
     return {
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],
@@ -126,12 +152,13 @@ DENSE = 0.1  # a latent firing on more than 10% of tokens counts as dense
 
 @torch.no_grad()
 def evaluate_sae(model, sae, hook_name: str, x: Tensor, tokens: Tensor | None, *,
-                 density: Tensor, mean_act: Tensor) -> dict[str, float]:
+                 density: Tensor, mean_act: Tensor,
+                 ablation: dict[str, float] | None = None) -> dict[str, float]:
     """An SAE's metrics on held-out activations x [n, d_in]: FVU, L0, shrinkage γ around
     ``mean_act`` [d_in] (``metrics.relative_reconstruction_bias``), dead and dense fractions of
     ``density`` [d_sae] (firing on no / more than ``DENSE`` of tokens); and, given held-out
     ``tokens`` [m, context], CE loss recovered, ΔCE and KL with the SAE spliced in (``splice_eval``,
-    mean-ablation at ``mean_act``)."""
+    mean-ablation at ``mean_act``; ``ablation``: its baselines, ``ablation_ce``, if known)."""
     # chunk by chunk, keeping only x_hat: all latents at once would be [n, d_sae] (4.4 GB for
     # 135k activations and 8192 latents)
     x_hat, active = [], 0.0
@@ -144,7 +171,8 @@ def evaluate_sae(model, sae, hook_name: str, x: Tensor, tokens: Tensor | None, *
               "dense": float((density > DENSE).float().mean()),
               "gamma": relative_reconstruction_bias(x, x_hat, center=mean_act)}
     if tokens is not None:
-        s = splice_eval(model, sae, hook_name, tokens, mean_act=mean_act, progress=False)
+        s = splice_eval(model, sae, hook_name, tokens, mean_act=mean_act, progress=False,
+                        ablation=ablation)
         result.update(ce_recovered=s["ce_loss_recovered"], ce_delta=s["ce_delta"],
                       kl=s["kl_div"])
     return result

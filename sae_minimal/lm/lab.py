@@ -20,7 +20,13 @@ second process that asks for the same SAE wait for the first one's training, the
 
 Sizes come from one switch, ``SAE_MINIMAL_FAST=1`` (CI, ``course run --fast``): a small cache and
 short training so that every notebook runs in a couple of minutes. The default (full) sizes give
-recognisable latents.
+recognisable latents. The model comes from ``Lab(model)`` or, when that is None (as in the
+notebooks), from ``SAE_MINIMAL_MODEL`` ("standin", "gpt2", or "gpt2-shaped": GPT-2's code path on
+random weights, which is how the tests run the notebooks through it), else ``load_lm``'s choice.
+
+Reference SAEs (``lab.reference``): on the bundled stand-in, the ones shipped with the package; on
+any other model (GPT-2), the same recipes (``references.RECIPES``) trained here once and cached like
+every other SAE of the lab, at ``reference_tokens`` (and half of it, for the convergence check).
 
 (Slightly over the package's ~250-line guide: the cache key, the move-aside of bad entries and the
 locking belong next to the one method that trains or loads.)
@@ -29,7 +35,9 @@ locking belong next to the one method that trains or loads.)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 import os
 import shutil
 import time
@@ -44,16 +52,19 @@ from .. import __version__
 from .activations import ActivationStore, cache_activations, run_to_hook
 from .cachefiles import file_lock
 from ..base import BaseSAE
-from .evaluation import evaluate_sae, latent_density
+from .evaluation import ablation_ce, evaluate_sae, latent_density
 from ..io import as_sae, load_sae, save_sae
-from .models import fingerprint, lm_name, load_lm
-from .references import load_reference, reference_card
+from ..metrics import mmcs
+from .models import GPT2_SHAPED, fingerprint, lm_name, load_lm
+from .references import (RECIPES, list_references, load_reference, reference_card, seed_runs,
+                         training_curve, twin_of)
 from .text import load_tokens
-from ..train import History, train_sae
+from ..train import History, default_lr, train_sae
 
 # The residual stream in the middle of each model: block 2 of the stand-in's 4, block 6 of GPT-2
 # small's 12.
-HOOKS = {"standin": "blocks.2.hook_resid_post", "gpt2": "blocks.6.hook_resid_post"}
+HOOKS = {"standin": "blocks.2.hook_resid_post", "gpt2": "blocks.6.hook_resid_post",
+         GPT2_SHAPED: "blocks.0.hook_resid_post"}   # after the first of its 2 random blocks
 
 # (full, fast) sizes. Context 128 with BOS dropped: 127 activations per window.
 SIZES = {
@@ -61,7 +72,18 @@ SIZES = {
     "train_tokens": (600_000, 100_000),  # tokens each SAE trains on (the cache is cycled over)
     "eval_windows": (64, 16),           # held-out windows for the model-in-the-loop metrics
                                         # (8k / 2k tokens)
+    "reference_tokens": (4_000_000, 100_000),  # a reference recipe trained here (no shipped ones)
+    "steer_prompts": (48, 16),          # notebook 05: prompts steered, tokens generated for each,
+    "steer_new_tokens": (16, 12),
+    "ablation_windows": (128, 32),      # and held-out windows / latents of the ablation test
+    "ablation_latents": (24, 6),
 }
+# Per model, what differs from SIZES. gpt2-shaped has random weights and exists to run GPT-2's code
+# path through the notebooks in a test: seconds, not minutes (its numbers mean nothing anyway).
+MODEL_SIZES = {GPT2_SHAPED: {"train_windows": (16, 16), "train_tokens": (4096, 4096),
+                             "eval_windows": (2, 2), "reference_tokens": (4096, 4096),
+                             "steer_prompts": (4, 4), "steer_new_tokens": (4, 4),
+                             "ablation_windows": (8, 8), "ablation_latents": (3, 3)}}
 # Gao et al.'s learning-rate rule, 2e-4·√(16384 / d_sae), is tuned for runs of billions of tokens.
 # The lab's runs are under a million, and 4x that rate gets much further in them: TopK k=16, 2048
 # latents, 600k stand-in tokens, held-out FVU 0.166 at Gao's rate vs 0.123 at 4x, for a few per
@@ -93,22 +115,37 @@ class Lab:
     """One model and layer with its activation cache, held-out tokens and cached SAEs.
 
     Args:
-        model_name: "gpt2", "standin" or None (GPT-2 when online, the bundled stand-in otherwise;
-                    see ``load_lm``).
+        model:      "gpt2", "standin", "gpt2-shaped", a HookedTransformer with a tokenizer, or None:
+                    ``SAE_MINIMAL_MODEL`` if set, else GPT-2 when online and the bundled stand-in
+                    otherwise (see ``load_lm``).
+        hook:       the activations' hook point (default: ``HOOKS`` for the model, the middle of
+                    its residual stream).
         fast:       short sizes (default: ``SAE_MINIMAL_FAST``).
         expansion:  d_sae = expansion · d_in for ``lab.d_sae``.
     """
 
-    def __init__(self, model_name: str | None = None, *, fast: bool | None = None,
+    def __init__(self, model=None, *, hook: str | None = None, fast: bool | None = None,
                  expansion: int = 8, device: str | torch.device = "cpu", verbose: bool = True):
         self.fast = is_fast() if fast is None else fast
         self.device = torch.device(device)
-        self.model = load_lm(model_name, device=device, verbose=verbose)
+        self.verbose = verbose
+        if model is None:
+            model = os.environ.get("SAE_MINIMAL_MODEL") or None
+        self.model = (load_lm(model, device=device, verbose=verbose)
+                      if model is None or isinstance(model, str) else model.to(device))
         self.model_name = lm_name(self.model)
-        self.hook = HOOKS[self.model_name]
+        self.hook = hook or HOOKS.get(self.model_name)
+        if self.hook not in self.model.hook_dict:
+            raise ValueError(
+                f"{self.hook!r} is not a hook point of {self.model_name!r}; pass "
+                f"hook=..., e.g. 'blocks.{self.model.cfg.n_layers // 2}.hook_resid_post' (the "
+                f"middle of its residual stream)." if self.hook else
+                f"No default layer for a model named {self.model_name!r}: pass hook=..., e.g. "
+                f"Lab(model, hook='blocks.{self.model.cfg.n_layers // 2}.hook_resid_post').")
         self.d_in = self.model.cfg.d_model
         self.d_sae = expansion * self.d_in
-        self.size = {key: value[1 if self.fast else 0] for key, value in SIZES.items()}
+        sizes = {**SIZES, **MODEL_SIZES.get(self.model_name, {})}
+        self.size = {key: value[1 if self.fast else 0] for key, value in sizes.items()}
         self.tokens = load_tokens(self.model, self.size["train_windows"], split="train")  # [n, 128]
         self.held_out = load_tokens(self.model, self.size["eval_windows"],
                                     split="held_out")  # [m, 128]
@@ -120,6 +157,9 @@ class Lab:
         self._mean_act: Tensor | None = None
         self._density_rows: Tensor | None = None
         self._runs: weakref.WeakKeyDictionary[BaseSAE, LabRun] = weakref.WeakKeyDictionary()
+        self._reference_runs: dict[str, dict[int, dict]] = {}
+        self._announced: set[str] = set()
+        self._ablation_ce: dict[str, float] | None = None
         if verbose:
             print(f"Lab: {self.model_name} at {self.hook} (d_in {self.d_in}, d_sae {self.d_sae}); "
                   f"{'FAST' if self.fast else 'full'} mode: {self.tokens.numel():,} cached tokens, "
@@ -148,6 +188,9 @@ class Lab:
         spec = {"class": type(sae).__name__, "d_in": sae.d_in, "d_sae": sae.d_sae,
                 "config": sae.config(), "settings": settings, "version": __version__,
                 "model": self.fingerprint, "tokens": self.activations().meta["tokens_sha1"]}
+        unsaved = _unsaved_settings(sae)
+        if unsaved:     # only then: the keys of SAEs at their defaults stay what they were
+            spec["unsaved"] = unsaved
         digest = hashlib.sha1(
             json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
         return f"{name}-{digest}"
@@ -182,7 +225,7 @@ class Lab:
             history = train_sae(sae, store.batches(batch_size, n_tokens=n_tokens, seed=seed),
                                 n_tokens=n_tokens, batch_size=batch_size, lr=lr, seed=seed,
                                 progress=progress, device=self.device, **train_kw)
-            kept = _save_entry(sae, path, self.device, self.sae_lens_metadata())
+            kept = _save_entry(sae, path, self.device, self.sae_lens_metadata(), history)
         if kept is not sae:                       # another writer got there first: use its copy
             self._runs[kept] = LabRun(path, None)
             return kept
@@ -222,20 +265,83 @@ class Lab:
                            "it has no cache entry here.")
         return self._runs[sae]
 
-    def reference(self, name: str) -> BaseSAE:
-        """A reference SAE shipped with the package (``references.list_references()``), on this
-        lab's device: trained to convergence on the stand-in's ``blocks.2.hook_resid_post``, so
-        only a lab on that model and layer can use it (GPT-2: ``references.load_pretrained``)."""
+    def curves(self, sae: BaseSAE) -> History | None:
+        """The training History of an SAE from ``lab.sae``, trained now or loaded (saved with it
+        as history.json); None for an entry saved before the lab kept them."""
+        path = self.run(sae).path / "history.json"
+        return History(json.loads(path.read_text())) if path.exists() else None
+
+    # --- reference SAEs ---------------------------------------------------------------------------
+    @property
+    def shipped_references(self) -> bool:
+        """True when this lab reads what the shipped references were trained on (the bundled
+        stand-in, these weights, this hook): ``reference`` loads them. Otherwise (GPT-2, another
+        layer) it trains their recipes here."""
         card = reference_card()
-        if (self.model_name, self.hook) != ("standin", card["hook"]) or \
-                self.fingerprint != card["model_fingerprint"]:
-            raise ValueError(
-                f"The reference SAEs read the bundled stand-in's {card['hook']}; this lab reads "
-                f"{self.model_name}'s {self.hook}"
-                + (" (a rebuilt stand-in with other weights)" if self.model_name == "standin" else "")
-                + ". Train your own with lab.sae(...), or, for GPT-2 small, load a published SAE "
-                "with sae_minimal.lm.references.load_pretrained('gpt2-small-res-jb').")
-        return load_reference(name, device=self.device)
+        return (self.model_name, self.hook, self.fingerprint) == (
+            "standin", card["hook"], card["model_fingerprint"])
+
+    def reference(self, name: str) -> BaseSAE:
+        """Reference SAE ``name`` (``references.list_references()``, e.g. "topk-k16-2048" or its
+        twin "topk-k16-2048-seed1") on this lab's device. On the stand-in, the one shipped with the
+        package (seconds). On another model there is none: the same recipe (``RECIPES``: class,
+        width, k or coefficient, seeds, the default learning rate) is trained on this lab's
+        activations for ``lab.size["reference_tokens"]`` tokens, once, and cached. Published GPT-2
+        SAEs to compare with: ``references.load_pretrained('gpt2-small-res-jb')`` (online)."""
+        if self.shipped_references:
+            return load_reference(name, device=self.device)
+        base, index = self._reference_name(name)
+        return self._recipe(base, index, self.size["reference_tokens"])
+
+    def reference_runs(self, name: str) -> dict[int, dict]:
+        """Reference ``name``'s runs by training tokens, ascending (T/2 and T, each trained from
+        scratch): {tokens: held-out "fvu", "l0", "dead", "dense", "gamma", "ce_recovered", "kl",
+        "lr", "seconds", "curve" (training-batch "tokens", "fvu", "l0", "dead_frac") and, for a
+        first seed that has a twin, "mmcs" to it}. From the card for shipped references; measured
+        here, once, otherwise."""
+        base, index = self._reference_name(name)
+        if self.shipped_references:
+            return seed_runs(reference_card()["saes"][base], index)
+        if name not in self._reference_runs:
+            total, seeds = self.size["reference_tokens"], RECIPES[base][2]
+            runs = {}
+            for n_tokens in (total // 2, total):
+                sae = self._recipe(base, index, n_tokens)
+                history = self.curves(sae)
+                run = {**self.evaluate(sae), "lr": max(history["lr"]),
+                       "seconds": history["seconds"], "curve": training_curve(history)}
+                if index == 0 and len(seeds) > 1:
+                    alive = self.density(sae) > 0
+                    run["mmcs"] = mmcs(sae.W_dec[alive], self._recipe(base, 1, n_tokens).W_dec)
+                runs[n_tokens] = run
+            self._reference_runs[name] = runs
+        return self._reference_runs[name]
+
+    def reference_seed(self, name: str) -> int:
+        """The random seed reference ``name`` was initialised (and its data ordered) with."""
+        base, index = self._reference_name(name)
+        seeds = (reference_card()["saes"][base]["seeds"] if self.shipped_references
+                 else RECIPES[base][2])
+        return seeds[index]
+
+    def _reference_name(self, name: str) -> tuple[str, int]:
+        base, index = twin_of(name)
+        if base not in RECIPES or index >= len(RECIPES[base][2]):
+            raise KeyError(f"No reference SAE named {name!r}. The references are: "
+                           f"{', '.join(list_references())}.")
+        return base, index
+
+    def _recipe(self, name: str, index: int, n_tokens: int) -> BaseSAE:
+        """Reference recipe ``name`` with its ``index``-th seed, trained here for ``n_tokens``."""
+        cls, kw, seeds = RECIPES[name]
+        if self.verbose and name not in self._announced:
+            self._announced.add(name)
+            print(f"No shipped reference SAEs for this lab ({self.model_name}, {self.hook}; the "
+                  f"shipped ones read the bundled stand-in's {reference_card()['hook']}): the "
+                  f"{name} recipe is trained here for {n_tokens:,} tokens, once (then cached).")
+        lr = default_lr(self.d_in, kw["d_sae"], math.ceil(n_tokens / 1024))   # as the build's
+        return self.sae(f"reference-{name}", lambda seed: cls(self.d_in, seed=seed, **kw),
+                        n_tokens=n_tokens, seed=seeds[index], lr=lr, progress=self.verbose)
 
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -246,8 +352,11 @@ class Lab:
         recovered and KL (``evaluation.splice_eval``). ``sae``: ours, or a SAELens SAE object."""
         sae = as_sae(sae)
         x = self.eval_activations()
+        if splice and self._ablation_ce is None:     # the same for every SAE: computed once
+            self._ablation_ce = ablation_ce(self.model, self.hook, self.held_out, self._mean_act)
         return evaluate_sae(self.model, sae, self.hook, x, self.held_out if splice else None,
-                            density=self.density(sae), mean_act=self._mean_act)
+                            density=self.density(sae), mean_act=self._mean_act,
+                            ablation=self._ablation_ce)
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
         """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read
@@ -255,6 +364,25 @@ class Lab:
         if self._density_rows is None or len(self._density_rows) < max_rows:
             self._density_rows = self.activations().load_all(max_rows).to(self.device)
         return latent_density(sae, self._density_rows[:max_rows]).cpu()
+
+
+def _unsaved_settings(sae: BaseSAE) -> dict:
+    """Constructor settings that change training but that cfg.json (``config()``) does not record,
+    where they differ from their defaults: e.g. ``TopKSAE(aux_coeff=0.0)``, the AuxK-off control,
+    which would otherwise share the cache entry of the default TopK. (Settings whose default is
+    None, such as k_aux, are computed from the others and are not told apart.)"""
+    saved, out = set(sae.config()) | {"self", "d_in", "d_sae", "seed"}, {}
+    for cls in type(sae).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if name in saved or name in out or param.default in (inspect.Parameter.empty, None):
+                continue
+            value = getattr(sae, name, param.default)
+            if isinstance(value, (bool, int, float, str)) and value != param.default:
+                out[name] = value
+    return out
 
 
 def _mismatch(loaded: BaseSAE, made: BaseSAE) -> str | None:
@@ -275,13 +403,16 @@ def _mismatch(loaded: BaseSAE, made: BaseSAE) -> str | None:
     return None
 
 
-def _save_entry(sae: BaseSAE, path: Path, device: torch.device, metadata: dict) -> BaseSAE:
-    """Save ``sae`` (with SAELens's ``metadata``: hook and model names) at ``path`` atomically (a
-    temporary folder renamed into place) and return it; if another writer saved this entry
-    meanwhile, keep theirs and return it loaded instead."""
+def _save_entry(sae: BaseSAE, path: Path, device: torch.device, metadata: dict,
+                history: History | None = None) -> BaseSAE:
+    """Save ``sae`` (with SAELens's ``metadata``: hook and model names) and its training
+    ``history`` at ``path`` atomically (a temporary folder renamed into place) and return it; if
+    another writer saved this entry meanwhile, keep theirs and return it loaded instead."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_sae(sae, tmp, metadata=metadata)
+    if history is not None:
+        (tmp / "history.json").write_text(json.dumps(history, default=float))
     sae.sae_lens_metadata = metadata   # as load_sae would give it: a later save_sae keeps it
     try:
         os.rename(tmp, path)   # fails if path is a non-empty folder (or exists, on Windows)
@@ -294,4 +425,4 @@ def _save_entry(sae: BaseSAE, path: Path, device: torch.device, metadata: dict) 
         return load_sae(path, device=device)
 
 
-__all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "cache_dir", "is_fast"]
+__all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "MODEL_SIZES", "cache_dir", "is_fast"]

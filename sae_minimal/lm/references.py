@@ -24,12 +24,55 @@ from pathlib import Path
 import torch
 
 from ..base import BaseSAE
+from ..batchtopk import BatchTopKSAE
 from ..io import from_sae_lens, load_sae
+from ..jumprelu import JumpReLUSAE
+from ..matryoshka import MatryoshkaSAE
+from ..relu import ReLUSAE
+from ..topk import TopKSAE
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "reference_saes"
 CARD_JSON = "card.json"
 HOOK = "blocks.2.hook_resid_post"
 _REBUILD = "python scripts/build_reference_saes.py (from a clone of the repository)"
+
+# name -> (constructor, keyword arguments, seeds): notebook 04's middle setting of each variant at
+# 2048 latents with a twin for MMCS, and the widths 06 and 07 compare. Seeds differ between
+# references: same-seed SAEs of different widths would start with the narrower one's decoder rows.
+# ``scripts/build_reference_saes.py`` trains these on the stand-in; ``Lab.reference`` trains the
+# same recipes on a model that has no shipped references (GPT-2).
+RECIPES = {
+    "l1-2048":              (ReLUSAE, {"d_sae": 2048, "l1_coeff": 3.0}, (1000, 1001)),
+    "topk-k16-2048":        (TopKSAE, {"d_sae": 2048, "k": 16}, (1010, 1011)),
+    "batchtopk-k16-2048":   (BatchTopKSAE, {"d_sae": 2048, "k": 16}, (1020, 1021)),
+    "jumprelu-2048":        (JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (1030, 1031)),
+    "matryoshka-k16-2048":  (MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (1040, 1041)),
+    "topk-k16-512":         (TopKSAE, {"d_sae": 512, "k": 16}, (1050,)),
+    "topk-k16-8192":        (TopKSAE, {"d_sae": 8192, "k": 16}, (1060,)),
+    "matryoshka-k16-8192":  (MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (1070,)),
+}
+
+
+def twin_of(name: str) -> tuple[str, int]:
+    """("topk-k16-2048", 1) for "topk-k16-2048-seed1"; (name, 0) for a first seed."""
+    base, _, index = name.rpartition("-seed")
+    return (base, int(index)) if base and index.isdigit() else (name, 0)
+
+
+def training_curve(history: dict, points: int = 60) -> dict:
+    """A training History thinned to about ``points`` entries: "tokens", "fvu", "l0",
+    "dead_frac" (training-batch values), as the card keeps them."""
+    step = max(1, len(history["tokens"]) // points)
+    return {k: [round(float(v), 5) for v in history[k][::step]]
+            for k in ("tokens", "fvu", "l0", "dead_frac") if k in history}
+
+
+def seed_runs(entry: dict, index: int = 0) -> dict[int, dict]:
+    """A card entry's runs of its ``index``-th seed by training tokens, ascending:
+    {tokens: metrics}."""
+    runs = {int(key.split("/")[0]): run for key, run in entry["runs"].items()
+            if key.endswith(f"/seed{index}")}
+    return dict(sorted(runs.items()))
 
 
 @lru_cache(maxsize=1)
@@ -202,4 +245,5 @@ def _ladder_markdown(ladder: dict) -> list[str]:
 
 
 __all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
-           "GPT2_PRETRAINED", "REFERENCE_DIR", "HOOK"]
+           "seed_runs", "training_curve", "twin_of", "GPT2_PRETRAINED", "RECIPES", "REFERENCE_DIR",
+           "HOOK"]
