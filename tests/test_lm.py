@@ -192,7 +192,7 @@ def test_load_lm_banner_offline(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "MODEL IN USE: the bundled stand-in" in out and "NOT GPT-2 small" in out and "SAE_MINIMAL_OFFLINE" in out
     assert models.lm_name(model) == "standin" and model.cfg.n_layers == 4
-    with pytest.raises(ValueError, match="'gpt2', 'standin' or None"):
+    with pytest.raises(ValueError, match="'gpt2', 'standin', 'gpt2-shaped' or None, got 'llama'"):
         models.load_lm("llama")
 
 
