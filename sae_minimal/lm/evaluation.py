@@ -57,11 +57,6 @@ def _recovered(ce: dict[str, float], baseline: str) -> float:
     return (ce[baseline] - ce["spliced"]) / gap
 
 
-def _ablations(mean_act: Tensor, like: Tensor) -> dict[str, Tensor]:
-    """The two baselines' replacement activations, shaped like ``like`` [b, pos, d_in]."""
-    return {"zero": torch.zeros_like(like), "mean": mean_act.to(like.device).expand_as(like)}
-
-
 @torch.no_grad()
 def ablation_ce(model, hook_name: str, tokens: Tensor, mean_act: Tensor, *,
                 batch_size: int = 16) -> dict[str, float]:
@@ -72,8 +67,8 @@ def ablation_ce(model, hook_name: str, tokens: Tensor, mean_act: Tensor, *,
     sums, n_tok = {"zero": 0.0, "mean": 0.0}, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
-        like = torch.empty(*batch.shape, mean_act.shape[-1], device=batch.device)   # [b, pos, d]
-        for key, new in _ablations(mean_act, like).items():
+        zeros = torch.zeros(*batch.shape, mean_act.shape[-1], device=batch.device)   # [b, pos, d]
+        for key, new in (("zero", zeros), ("mean", mean_act.to(zeros.device).expand_as(zeros))):
             logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=new))])
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         n_tok += batch.shape[0] * (batch.shape[1] - 2)
@@ -89,7 +84,7 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
 
     tokens: [n, context] with BOS at position 0. mean_act: [d] for mean-ablation (default: the mean
     over these tokens' non-BOS positions). ablation: ``ablation_ce(...)`` of the same tokens,
-    mean_act and batch_size, so that its two forward passes per batch are not run again.
+    mean_act and batch_size, if already known (computed here otherwise).
     """
     check_hook(model, hook_name)
     sae = as_sae(sae)
@@ -103,8 +98,10 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
                               .reshape(-1, sae.d_in)
                               for i in range(0, len(tokens), batch_size)]).mean(0)
     mean_act = _check_mean_act(mean_act, sae.d_in, hook_name)
+    if ablation is None:
+        ablation = ablation_ce(model, hook_name, tokens, mean_act, batch_size=batch_size)
     sae_device = module_device(sae, tokens.device)
-    sums = dict.fromkeys(("clean", "spliced", "zero", "mean", "kl"), 0.0)
+    sums = dict.fromkeys(("clean", "spliced", "kl"), 0.0)
     n_tok, acts_all, recon_all, latents_all = 0, [], [], []
     for i in tqdm(range(0, len(tokens), batch_size), desc="splice eval", disable=not progress):
         batch = tokens[i:i + batch_size]
@@ -115,12 +112,7 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         x_hat = out.x_hat.reshape(x.shape).to(x.device)      # [b, pos, d_in]
         logits_spliced = model.run_with_hooks(
             batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
-        runs = {"clean": logits_clean, "spliced": logits_spliced}
-        if ablation is None:
-            for key, new in _ablations(mean_act, x).items():
-                runs[key] = model.run_with_hooks(
-                    batch, fwd_hooks=[(hook_name, partial(_replace, new=new))])
-        for key, logits in runs.items():
+        for key, logits in (("clean", logits_clean), ("spliced", logits_spliced)):
             # skip the prediction made *at* BOS (position 0), whose input is not spliced
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         logp_clean = logits_clean[:, 1:-1].log_softmax(-1)
@@ -132,9 +124,7 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
         recon_all.append(x_hat[:, 1:].reshape(-1, sae.d_in))
         latents_all.append(out.latents.reshape(*x.shape[:2], -1)[:, 1:].reshape(-1, sae.d_sae)
                            .to(x.device))
-    ce = {k: sums[k] / n_tok for k in ("clean", "spliced", "zero", "mean")}
-    if ablation is not None:
-        ce.update(zero=ablation["zero"], mean=ablation["mean"])
+    ce = {"clean": sums["clean"] / n_tok, "spliced": sums["spliced"] / n_tok, **ablation}
     latents = torch.cat(latents_all)
     return {
         "ce_clean": ce["clean"], "ce_spliced": ce["spliced"], "ce_zero_ablated": ce["zero"],

@@ -301,7 +301,7 @@ class Lab:
         here, once, otherwise."""
         base, index = self._reference_name(name)
         if self.shipped_references:
-            return seed_runs(reference_card()["saes"][base], index)
+            return seed_runs(reference_card()["saes"][base]["runs"], index)
         if name not in self._reference_runs:
             total, seeds = self.size["reference_tokens"], RECIPES[base][2]
             runs = {}

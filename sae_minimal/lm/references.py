@@ -67,12 +67,12 @@ def training_curve(history: dict, points: int = 60) -> dict:
             for k in ("tokens", "fvu", "l0", "dead_frac") if k in history}
 
 
-def seed_runs(entry: dict, index: int = 0) -> dict[int, dict]:
-    """A card entry's runs of its ``index``-th seed by training tokens, ascending:
-    {tokens: metrics}."""
-    runs = {int(key.split("/")[0]): run for key, run in entry["runs"].items()
-            if key.endswith(f"/seed{index}")}
-    return dict(sorted(runs.items()))
+def seed_runs(runs: dict, index: int = 0) -> dict[int, dict]:
+    """The runs {"<tokens>/seed<i>": metrics} of a card entry (or of the ladder) that belong to its
+    ``index``-th seed, by training tokens, ascending: {tokens: metrics}."""
+    picked = {int(key.split("/")[0]): run for key, run in runs.items()
+              if key.endswith(f"/seed{index}")}
+    return dict(sorted(picked.items()))
 
 
 @lru_cache(maxsize=1)
@@ -206,18 +206,17 @@ def card_markdown(card: dict) -> str:
         cfg = {k: v for k, v in entry["config"].items() if k not in ("d_in", "seed")}
         settings = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                              for k, v in cfg.items() if not isinstance(v, (list, dict)))
-        for key, run in entry["runs"].items():
-            tokens, seed = key.split("/")
-            if seed != "seed0" or int(tokens) > entry["tokens"]:
+        for tokens, run in seed_runs(entry["runs"]).items():
+            if tokens > entry["tokens"]:
                 continue
-            final = int(tokens) == entry["tokens"] and "converged" in entry
+            final = tokens == entry["tokens"] and "converged" in entry
             c = entry.get("converged")
             verdict = ("yes" if c["ok"] else "**no**") + (
                 f" (FVU {c['fvu']:.1%}, dead {c['dead_points']:.2f} pt"
                 + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
             lines.append(f"| {name} | {settings if final else ''} | "
-                         f"{int(tokens):,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
+                         f"{tokens:,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
                          f"{_cells(run)} | {mmcs} | {verdict} |")
     if "ladder" in card:
         lines += _ladder_markdown(card["ladder"])
@@ -231,14 +230,11 @@ def _ladder_markdown(ladder: dict) -> list[str]:
              "| dense | CE recovered | KL |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, runs in ladder["runs"].items():
-        for key, run in runs.items():
-            tokens, seed = key.split("/")
-            if seed != "seed0":
-                continue
-            twin = runs.get(f"{tokens}/seed1")
-            half = runs.get(f"{int(tokens) // 2}/seed0")
+        firsts, twins = seed_runs(runs, 0), seed_runs(runs, 1)
+        for tokens, run in firsts.items():
+            twin, half = twins.get(tokens), firsts.get(tokens // 2)
             change = f"{run['fvu'] / half['fvu'] - 1:+.1%}" if half else ""
-            lines.append(f"| {name} | {int(tokens):,} | {run['fvu']:.4f}"
+            lines.append(f"| {name} | {tokens:,} | {run['fvu']:.4f}"
                          + (f" / {twin['fvu']:.4f}" if twin else "") + f" | {change} | "
                          f"{_cells(run)} |")
     return lines
