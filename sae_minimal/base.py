@@ -27,8 +27,9 @@ from typing import Callable, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .kernels import (Select, SparseCode, decode_code, encoder_pre_acts, sparse_encode,
-                      sparse_max_density)
+from .kernels import (Select, SparseCode, decode_code, encoder_pre_acts, flat_entries,
+                      sparse_encode, sparse_max_density)
+from .metrics import l0
 
 
 class SAEOutput:
@@ -44,9 +45,18 @@ class SAEOutput:
     """
 
     def __init__(self, x_hat: Tensor, latents: Tensor | Callable[[], Tensor], loss: Tensor,
-                 losses: dict[str, Tensor] | None = None):
+                 losses: dict[str, Tensor] | None = None, code: SparseCode | None = None):
         self.x_hat, self._latents, self.loss = x_hat, latents, loss
         self.losses = {} if losses is None else losses
+        self._code = code   # the sparse path's entries, which ``l0`` counts without a dense code
+
+    def l0(self) -> float:
+        """E_x ||f(x)||₀ over this output's rows: ``metrics.l0(self.latents)``, counted from the
+        sparse code's entries when the dense latents were not built (training logs it)."""
+        if not callable(self._latents) or self._code is None:
+            return l0(self.latents)
+        rows = self.x_hat.numel() // self.x_hat.shape[-1]
+        return float((self._code.values != 0).sum().float() / rows)
 
     @property
     def latents(self) -> Tensor:
@@ -102,7 +112,9 @@ def check_activations(x: object, d_in: int, *, name: str = "x") -> Tensor:
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): "
                          "there are no activations to encode.")
-    if not torch.isfinite(x).all():
+    # one reduction first: a sum is finite when every entry is (an overflow to inf from huge
+    # finite values falls through to the exact check, which then passes); four passes otherwise
+    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
         n_bad = int((~torch.isfinite(x)).sum())
         var = name if name.isidentifier() else "x"  # a name like "batch 3" is no Python variable
         raise ValueError(f"{name} contains {n_bad} NaN/inf values. Drop those rows (e.g. "
@@ -275,6 +287,26 @@ class BaseSAE(nn.Module):
         """x [..., d_in] -> latents [..., d_sae]."""
         return self.encode_flat(self._flat(x)).dense_latents().reshape(*x.shape[:-1], self.d_sae)
 
+    @torch.no_grad()
+    def encode_entries(self, x: Tensor) -> SparseCode:
+        """x [..., d_in] (flattened to N rows) -> the code's non-zero entries as a SparseCode
+        (values detached): what ``encode(x)`` holds, without building its [N, d_sae] tensor on
+        the sparse path. For counting and picking latents over many rows (densities, F1,
+        chosen columns)."""
+        enc = self.encode_flat(self._flat(x))
+        if enc.sparse is None:
+            latents = enc.latents
+            flat = latents.reshape(-1).nonzero().squeeze(1)                 # ascending
+            rows, indices, offsets = flat_entries(flat, *latents.shape)
+            return SparseCode(latents.reshape(-1)[flat], indices, rows, offsets)
+        code = enc.sparse._replace(values=enc.sparse.values.detach())
+        kept = code.values != 0        # e.g. Gated's open gates with a magnitude of 0
+        if bool(kept.all()):
+            return code
+        rows = code.rows[kept]
+        counts = torch.bincount(rows, minlength=len(code.offsets))
+        return SparseCode(code.values[kept], code.indices[kept], rows, counts.cumsum(0) - counts)
+
     def decode(self, latents: Tensor) -> Tensor:
         """latents [..., d_sae] -> x_hat [..., d_in]."""
         if latents.shape[-1] != self.d_sae:
@@ -296,7 +328,7 @@ class BaseSAE(nn.Module):
         latents = (enc.latents.reshape(*lead, d_sae) if enc.latents is not None
                    else lambda: code.dense(d_sae).reshape(*lead, d_sae))   # built if read
         return SAEOutput(x_hat=x_hat.reshape(*lead, self.d_in), latents=latents,
-                         loss=sum(losses.values()), losses=losses)
+                         loss=sum(losses.values()), losses=losses, code=code)
 
     # --- training support -----------------------------------------------------------------------
     @torch.no_grad()

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .base import BaseSAE, check_activations
 from .guards import (EXPLODED, TrainingDiverged, TrainingWarning, check_sae, check_settings,
                      diverged, input_scale, rows_text, step_is_sound, training_units, warn)
-from .metrics import fvu, l0
+from .metrics import fvu
 from .resampling import resample_dead_latents
 
 
@@ -383,7 +383,7 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
 def _log(history: History, step: int, tokens: int, out, x: Tensor, sae: BaseSAE,
          dead_window: int, lr: float) -> None:
     row = {"step": step, "tokens": tokens, "loss": float(out.loss), "lr": lr,
-           "fvu": fvu(x, out.x_hat) if x.shape[0] > 1 else float("nan"), "l0": l0(out.latents),
+           "fvu": fvu(x, out.x_hat) if x.shape[0] > 1 else float("nan"), "l0": out.l0(),
            "dead_frac": float(sae.dead_mask(dead_window).float().mean())}
     row.update({name: float(value) for name, value in out.losses.items()})
     for key, value in row.items():

@@ -213,6 +213,25 @@ def test_splice_eval_reuses_the_ablation_baselines_exactly(lab):
     assert lab.evaluate(sae)["ce_recovered"] == full["ce_loss_recovered"]
 
 
+def test_lab_density_is_remembered_until_the_weights_change(lab, monkeypatch):
+    import sae_minimal.lm.lab as lab_module
+
+    sae = lab.sae("t", _make, n_tokens=8192, progress=False)
+    calls = []
+    real = lab_module.latent_density
+    monkeypatch.setattr(lab_module, "latent_density", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = lab.density(sae)
+    first.zero_()                                     # the caller's copy, not the lab's
+    again = lab.density(sae)
+    assert len(calls) == 1 and again.sum() > 0, "the same weights must not be encoded twice"
+    with torch.no_grad():
+        sae.b_enc -= 100.0                            # an in-place edit: nothing fires any more
+    assert float(lab.density(sae).sum()) == 0 and len(calls) == 2
+    sae.b_enc.data += 100.0                           # an edit through .data, which autograd does not count
+    assert torch.equal(lab.density(sae), again) and len(calls) == 3
+    assert lab.density(sae, max_rows=1000).shape == again.shape and len(calls) == 4
+
+
 def test_lab_evaluates_a_sae_lens_sae_as_it_evaluates_ours(lab, tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     ours = lab.sae("t", _make, n_tokens=8192, progress=False)

@@ -218,3 +218,64 @@ def test_lm_tools_without_the_lm_extra_say_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformer_lens", None)    # as if not installed
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'sae-minimal\[lm\]'"):
         models.gpt2_shaped(n_layers=1)
+
+
+@pytest.mark.parametrize("variant", ["ReLUSAE", "TopKSAE", "BatchTopKSAE", "JumpReLUSAE", "GatedSAE", "MatryoshkaSAE"])
+def test_latent_density_counts_every_row_once_on_either_path(variant):
+    """The sparse path counts the code's entries and the dense one the code's columns: both must give
+    the fraction of rows on which each latent is > 0, for 2-D and for [batch, pos, d_in] input."""
+    cls = getattr(sm, variant)
+    kw = {"k": 4} if variant in ("TopKSAE", "BatchTopKSAE", "MatryoshkaSAE") else {}
+    sae = cls(32, 128, seed=0, **kw).eval()
+    if variant in ("BatchTopKSAE", "MatryoshkaSAE"):   # BatchTopK and its subclass
+        sae.threshold.fill_(0.5)                      # as if trained: inference compares with θ
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(0)) * 3
+    expected = (sae.encode(x) > 0).float().mean(0)
+    for sparse in (True, False):
+        sae.sparse_path = sparse
+        assert torch.equal(latent_density(sae, x, batch_size=700), expected), f"sparse_path={sparse}"
+        assert torch.equal(latent_density(sae, x.reshape(30, 100, 32), batch_size=7), expected)
+    with pytest.raises(ValueError, match="d_in=32"):
+        latent_density(sae, torch.randn(10, 31))
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post",
+                                  "blocks.0.hook_resid_pre", "blocks.0.hook_mlp_out"])
+def test_run_from_hook_equals_replacing_the_activation(tiny, tokens, hook):
+    """Going on from the hook (start_at_layer) must give exactly the logits of the whole model with the hook's
+    activation swapped for the edited one: splice_eval and the ablations rely on it, bit for bit."""
+    from sae_minimal.lm.activations import resumes_at, run_from_hook
+    x = run_to_hook(tiny, tokens, hook)
+    edited = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    expected = tiny.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: edited)])
+    assert torch.equal(run_from_hook(tiny, edited, hook, tokens), expected)
+    assert torch.equal(run_from_hook(tiny, x, hook, tokens), tiny(tokens))
+    assert (resumes_at(tiny, hook) is None) == (hook == "blocks.0.hook_mlp_out")
+
+
+def test_splice_eval_clean_loss_is_the_models_own(tiny, tokens):
+    """The clean pass goes on from the cached hook activation; its CE must be the model's plain forward CE."""
+    from sae_minimal.lm.evaluation import per_token_ce
+    res = splice_eval(tiny, sm.TopKSAE(32, 64, k=4), "blocks.0.hook_resid_post", tokens, batch_size=7, progress=False)
+    clean = per_token_ce(tiny(tokens), tokens)[:, 1:]     # (batches summed in another order: rounding only)
+    assert res["ce_clean"] == pytest.approx(float(clean.mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["ReLUSAE", "TopKSAE", "JumpReLUSAE", "GatedSAE"])
+def test_code_entries_give_what_the_dense_code_gives(variant):
+    """encode_entries, codes_of and firing_counts read the code's entries instead of the [N, d_sae] code: on either
+    path they must reproduce the dense code's columns and counts exactly (repeated and unordered latents too)."""
+    from sae_minimal.lm.absorption import firing_counts
+    from sae_minimal.lm.evaluation import codes_of
+    sae = getattr(sm, variant)(32, 128, seed=0, **({"k": 4} if variant == "TopKSAE" else {})).eval()
+    x = torch.randn(3000, 32, generator=torch.Generator().manual_seed(0)) * 3
+    y = torch.rand(3000, generator=torch.Generator().manual_seed(1)) < 0.3
+    for sparse in (True, False):
+        sae.sparse_path = sparse
+        dense = sae.encode(x)
+        code = sae.encode_entries(x)
+        assert torch.equal(code.dense(128), dense) and bool((code.values != 0).all())
+        latents = [5, 3, 5, 127, 0]
+        assert torch.equal(codes_of(sae, x, latents), dense[:, latents]), f"sparse_path={sparse}"
+        tp, fp = firing_counts(sae, x, y, chunk=700)
+        assert torch.equal(tp, (dense[y] > 0).float().sum(0)) and torch.equal(fp, (dense[~y] > 0).float().sum(0))

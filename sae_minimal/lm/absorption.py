@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
+from .evaluation import codes_of
 from .steering import random_direction
 
 
@@ -37,9 +38,10 @@ def firing_counts(sae, x: Tensor, y: Tensor, chunk: int = 8192) -> tuple[Tensor,
     tp = torch.zeros(sae.d_sae)
     fp = torch.zeros(sae.d_sae)
     for xc, yc in zip(x.split(chunk), y.split(chunk)):
-        fires = (sae.encode(xc) > 0).float()
-        tp += fires[yc].sum(0)
-        fp += fires[~yc].sum(0)
+        code = sae.encode_entries(xc)                # latents are >= 0: entries = firings
+        positive = yc.bool()[code.rows]
+        tp += torch.bincount(code.indices[positive], minlength=sae.d_sae)
+        fp += torch.bincount(code.indices[~positive], minlength=sae.d_sae)
     return tp, fp
 
 
@@ -53,7 +55,7 @@ def main_latents(sae, x: Tensor, y: Tensor, max_main: int = 3, min_gain: float =
     tp, fp = firing_counts(sae, x, y)
     f1 = 2 * tp / (tp + fp + y.sum()).clamp(min=1)
     cand = f1.topk(n_candidates).indices
-    fires = torch.cat([(as_sae(sae).encode(c)[:, cand] > 0) for c in x.split(8192)])  # [N, c]
+    fires = torch.cat([codes_of(sae, c, cand) > 0 for c in x.split(8192)])  # [N, c]
     chosen = [0]
     best = float(f1[cand[0]])
     while len(chosen) < max_main:

@@ -82,6 +82,33 @@ def run_to_hook(model, tokens: Tensor, hook_name: str) -> Tensor:
     return store["act"]
 
 
+def resumes_at(model, hook_name: str) -> int | None:
+    """The block the rest of the forward pass starts at when ``hook_name``'s activation is the
+    residual stream, so the model can go on from it alone (``run_from_hook``): L + 1 for
+    'blocks.L.hook_resid_post', L for 'blocks.L.hook_resid_pre'. None for any other hook, and for
+    models whose later blocks need more than the residual (shortformer position embeddings, or a
+    left-padding tokenizer, whose attention mask comes from the tokens)."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook_name)
+    tokenizer = getattr(model, "tokenizer", None)
+    if (m is None or getattr(model.cfg, "positional_embedding_type", "") == "shortformer"
+            or getattr(tokenizer, "padding_side", "right") == "left"):
+        return None
+    return int(m.group(1)) + (m.group(2) == "post")
+
+
+@torch.no_grad()
+def run_from_hook(model, act: Tensor, hook_name: str, tokens: Tensor) -> Tensor:
+    """Logits [batch, pos, vocab] of ``tokens`` [batch, pos] with ``act`` [batch, pos, d] as the
+    activation at ``hook_name``: only the blocks after the hook run, where ``resumes_at`` allows
+    (the layers before it, whose output ``act`` replaces, would be wasted work); otherwise the whole
+    model runs with a hook that swaps the activation in. Both give the same logits
+    (tests/test_lm.py::test_run_from_hook_equals_replacing_the_activation)."""
+    start = resumes_at(model, hook_name)
+    if start is None:
+        return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda a, hook: act.to(a))])
+    return model(act, start_at_layer=start, tokens=tokens)
+
+
 def _tokens_digest(tokens: Tensor) -> str:
     return hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
+from .evaluation import codes_of
 from .models import offline
 
 
@@ -78,8 +79,7 @@ def latent_codes(sae, x: Tensor, latents: Tensor | list[int], chunk: int = 8192)
     computed chunk by chunk (TopK's selection needs every latent) and only the chosen columns
     kept."""
     sae = as_sae(sae)
-    latents = torch.as_tensor(latents, dtype=torch.long)
-    return torch.cat([sae.encode(c)[:, latents] for c in x.split(chunk)])
+    return torch.cat([codes_of(sae, c, latents) for c in x.split(chunk)])
 
 
 def random_direction_codes(x: Tensor, densities: Tensor, seed: int = 0) -> Tensor:

@@ -26,13 +26,13 @@ every occurrence of the token; we skip the position): tests/test_sae_lens_intero
 from __future__ import annotations
 
 import warnings
-from functools import partial
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import run_to_hook
+from .activations import run_from_hook, run_to_hook
+from ..base import check_activations
 from ..io import as_sae
 from ..metrics import dead_fraction, fvu, l0, relative_reconstruction_bias
 from .validate import (check_hook, check_token_ids, check_tokens, check_width, module_device,
@@ -67,9 +67,10 @@ def ablation_ce(model, hook_name: str, tokens: Tensor, mean_act: Tensor, *,
     sums, n_tok = {"zero": 0.0, "mean": 0.0}, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
-        zeros = torch.zeros(*batch.shape, mean_act.shape[-1], device=batch.device)   # [b, pos, d]
-        for key, new in (("zero", zeros), ("mean", mean_act.to(zeros.device).expand_as(zeros))):
-            logits = model.run_with_hooks(batch, fwd_hooks=[(hook_name, partial(_replace, new=new))])
+        x = run_to_hook(model, batch, hook_name)                  # [b, pos, d]
+        zeros = torch.zeros_like(x)
+        for key, new in (("zero", zeros), ("mean", mean_act.to(x).expand_as(x))):
+            logits = run_from_hook(model, _replace(x, None, new=new), hook_name, batch)
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
         n_tok += batch.shape[0] * (batch.shape[1] - 2)
     return {k: v / n_tok for k, v in sums.items()}
@@ -105,13 +106,13 @@ def splice_eval(model, sae, hook_name: str, tokens: Tensor, *, batch_size: int =
     n_tok, acts_all, recon_all, latents_all = 0, [], [], []
     for i in tqdm(range(0, len(tokens), batch_size), desc="splice eval", disable=not progress):
         batch = tokens[i:i + batch_size]
-        logits_clean, cache = model.run_with_cache(batch, names_filter=hook_name)
-        x = cache[hook_name]
+        # the layers up to the hook run once; the clean and the spliced pass go on from there
+        x = run_to_hook(model, batch, hook_name)
         # x: [b, pos, d_in]; the SAE sees [b·pos, d_in] on its own device
         out = sae(x.reshape(-1, sae.d_in).to(sae_device))
         x_hat = out.x_hat.reshape(x.shape).to(x.device)      # [b, pos, d_in]
-        logits_spliced = model.run_with_hooks(
-            batch, fwd_hooks=[(hook_name, partial(_replace, new=x_hat))])
+        logits_clean = run_from_hook(model, x, hook_name, batch)
+        logits_spliced = run_from_hook(model, _replace(x, None, new=x_hat), hook_name, batch)
         for key, logits in (("clean", logits_clean), ("spliced", logits_spliced)):
             # skip the prediction made *at* BOS (position 0), whose input is not spliced
             sums[key] += float(per_token_ce(logits, batch)[:, 1:].sum())
@@ -193,18 +194,36 @@ def _check_mean_act(mean_act: Tensor, d_in: int, hook_name: str) -> Tensor:
 
 
 @torch.no_grad()
+def codes_of(sae, x: Tensor, latents: Tensor | list[int]) -> Tensor:
+    """[N, len(latents)] the chosen latents' activations on x [N, d_in] (any order, repeats
+    allowed): ``sae.encode(x)[:, latents]``, taken from the code's entries
+    (``BaseSAE.encode_entries``), so the [N, d_sae] code of a wide SAE is never built."""
+    sae = as_sae(sae)
+    code = sae.encode_entries(x)
+    wanted, column = torch.as_tensor(latents, dtype=torch.long).unique(return_inverse=True)
+    slot = torch.full((sae.d_sae,), -1, dtype=torch.long, device=code.indices.device)
+    slot[wanted.to(slot.device)] = torch.arange(len(wanted), device=slot.device)
+    where = slot[code.indices]                       # [nnz] the entry's column, or -1
+    hit = where >= 0
+    out = code.values.new_zeros(len(code.offsets), len(wanted))
+    out[code.rows[hit], where[hit]] = code.values[hit]
+    return out[:, column.to(out.device)]
+
+
+@torch.no_grad()
 def latent_density(sae, activations, batch_size: int = 8192) -> Tensor:
-    """[d_sae] firing frequency of every latent over many activations: a tensor [N, d_in] or an
-    iterable of batches (e.g. ``store.batches()``)."""
+    """[d_sae] firing frequency of every latent over many activations: a tensor [..., d_in] or an
+    iterable of batches (e.g. ``store.batches()``); every row counts once."""
     sae = as_sae(sae)
     if isinstance(activations, Tensor):
-        activations = activations.split(batch_size)
-    counts, n = None, 0
+        activations = check_activations(activations, sae.d_in, name="activations")
+        activations = activations.reshape(-1, sae.d_in).split(batch_size)
+    counts, n = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_dec.device), 0
     for batch in activations:
-        fired = (sae.encode(batch) > 0).sum(0)
-        counts = fired if counts is None else counts + fired
-        n += batch.shape[0]
-    if counts is None:
+        code = sae.encode_entries(batch)        # the non-zero entries: no [B, d_sae] code built
+        counts += torch.bincount(code.indices, minlength=sae.d_sae)
+        n += len(code.offsets)
+    if n == 0:
         raise ValueError("latent_density got no activations.")
     return counts.float() / n
 

@@ -156,6 +156,7 @@ class Lab:
         self._eval_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
         self._density_rows: Tensor | None = None
+        self._densities: weakref.WeakKeyDictionary[BaseSAE, tuple] = weakref.WeakKeyDictionary()
         self._runs: weakref.WeakKeyDictionary[BaseSAE, LabRun] = weakref.WeakKeyDictionary()
         self._reference_runs: dict[str, dict[int, dict]] = {}
         self._announced: set[str] = set()
@@ -360,10 +361,27 @@ class Lab:
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
         """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read
-        from disk once)."""
+        from disk once). Remembered per SAE until its weights change: the notebooks ask for the
+        same SAE's density in several cells, and each pass encodes 100k rows."""
         if self._density_rows is None or len(self._density_rows) < max_rows:
             self._density_rows = self.activations().load_all(max_rows).to(self.device)
-        return latent_density(sae, self._density_rows[:max_rows]).cpu()
+        key = (max_rows, _weights_key(sae)) if isinstance(sae, BaseSAE) else None
+        known = self._densities.get(sae) if key is not None else None
+        if known is not None and known[0] == key:
+            return known[1].clone()
+        density = latent_density(sae, self._density_rows[:max_rows]).cpu()
+        if key is not None:
+            self._densities[sae] = (key, density.clone())
+        return density
+
+
+def _weights_key(sae: BaseSAE) -> tuple:
+    """What changes when any of ``sae``'s weights or buffers does: each tensor's storage and
+    autograd version counter (bumped by every in-place update: an optimiser step, copy_, a
+    no_grad edit), and its sum, for edits through ``.data``, which the counter does not see."""
+    with torch.no_grad():
+        return tuple((t.data_ptr(), t._version, float(t.float().sum()))
+                     for t in (*sae.parameters(), *sae.buffers()))
 
 
 def _unsaved_settings(sae: BaseSAE) -> dict:

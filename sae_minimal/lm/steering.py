@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .activations import run_to_hook
+from .activations import run_from_hook, run_to_hook
 from .evaluation import per_token_ce
 from ..io import as_sae
 from .validate import (check_finite, check_hook, check_latent, check_latents, check_token_ids,
@@ -296,12 +296,15 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         if not rows.any():
             continue
         batch, f = batch[rows], f[rows]
+        # the rows that fire, up to the hook (as a batch of their own: the same arithmetic as
+        # running them alone with a hook); both edited passes go on from there
+        x = run_to_hook(model, batch, hook_name)
         clean = (clean_ce[i:i + batch_size][rows] if clean_ce is not None
-                 else per_token_ce(model(batch), batch))
+                 else per_token_ce(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
         for key, vec in (("ablation", sae.W_dec[latent]), ("control", r)):
-            hook = partial(_shift, delta=-f[..., None] * vec.to(f.device, f.dtype))
-            ce = per_token_ce(model.run_with_hooks(batch, fwd_hooks=[(hook_name, hook)]), batch)
+            edited = _shift(x, delta=-f[..., None] * vec.to(f.device, f.dtype))
+            ce = per_token_ce(run_from_hook(model, edited, hook_name, batch), batch)
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
