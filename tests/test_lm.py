@@ -257,7 +257,8 @@ def test_splice_eval_clean_loss_is_the_models_own(tiny, tokens):
     """The clean pass goes on from the cached hook activation; its CE must be the model's plain forward CE."""
     from sae_minimal.lm.evaluation import per_token_ce
     res = splice_eval(tiny, sm.TopKSAE(32, 64, k=4), "blocks.0.hook_resid_post", tokens, batch_size=7, progress=False)
-    clean = per_token_ce(tiny(tokens), tokens)[:, 1:]     # (batches summed in another order: rounding only)
+    with torch.no_grad():                             # (batches summed in another order: rounding only)
+        clean = per_token_ce(tiny(tokens), tokens)[:, 1:]
     assert res["ce_clean"] == pytest.approx(float(clean.mean()), rel=1e-6)
 
 
