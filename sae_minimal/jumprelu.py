@@ -108,8 +108,11 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
     def _jump(self, entries: SparseCode, theta: Tensor) -> tuple[SparseCode, Tensor]:
         """``jumprelu_l0`` on a code's entries, each against its latent's θ: (the code with values
         JumpReLU_θ(z), each entry's step H(z - θ) [nnz])."""
-        f, fired = jumprelu_l0(entries.values[:, None], theta[entries.indices][:, None],
-                               self.bandwidth)
+        # index_select, not theta[indices]: its backward (index_add_) sums each θ's entries in
+        # order; the gather's backward (index_put_, accumulate) adds them with atomics on 2+ CPU
+        # threads, in another order each run, so one seed gave different SAEs
+        theta_e = theta.index_select(0, entries.indices)[:, None]
+        f, fired = jumprelu_l0(entries.values[:, None], theta_e, self.bandwidth)
         return entries._replace(values=f[:, 0]), fired
 
     def loss_terms(self, x: Tensor, x_hat: Tensor, enc: Encoding) -> dict[str, Tensor]:

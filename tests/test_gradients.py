@@ -185,3 +185,23 @@ def test_topk_sae_sparse_and_dense_paths_agree():
     ob.loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_jumprelu_threshold_gradient_is_the_same_every_time_on_two_threads():
+    """The same batch must give the same θ gradient, bit for bit: gathering θ per entry with theta[indices] made its
+    backward add the entries with atomics (CPU index_put_ with accumulate), in another order each run, so one seed
+    trained different SAEs (04's JumpReLU rows changed in the 3rd-4th digit between runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sae = sm.JumpReLUSAE(64, 256, seed=0).train()
+        sae.sparse_path = True
+        x = torch.randn(8192, 64, generator=torch.Generator().manual_seed(0)) * 2
+        grads = []
+        for _ in range(6):
+            sae.zero_grad()
+            sae(x).loss.backward()
+            grads.append(sae.log_threshold.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
