@@ -46,8 +46,11 @@ class GatedSAE(BaseSAE, sae_lens_default=True):
 
     def _both(self, xw: Tensor, indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(x - b_dec) @ W_enc -> (π_gate, π_mag); at the entries ``indices`` only if given."""
+        # index_select, not b[indices]: its backward adds each latent's entries in order (the
+        # gather's uses atomics on 2+ CPU threads: another sum each run; see JumpReLUSAE._jump)
         b_gate, r_mag, b_mag = ((self.b_gate, self.r_mag, self.b_mag) if indices is None else
-                                (self.b_gate[indices], self.r_mag[indices], self.b_mag[indices]))
+                                (b.index_select(0, indices)
+                                 for b in (self.b_gate, self.r_mag, self.b_mag)))
         # (x @ W) ⊙ exp(r) == x @ (W ⊙ exp(r)) since r scales whole columns
         return xw + b_gate, xw * r_mag.exp() + b_mag
 

@@ -187,21 +187,24 @@ def test_topk_sae_sparse_and_dense_paths_agree():
         torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_jumprelu_threshold_gradient_is_the_same_every_time_on_two_threads():
-    """The same batch must give the same θ gradient, bit for bit: gathering θ per entry with theta[indices] made its
-    backward add the entries with atomics (CPU index_put_ with accumulate), in another order each run, so one seed
-    trained different SAEs (04's JumpReLU rows changed in the 3rd-4th digit between runs)."""
+@pytest.mark.parametrize("variant", ["JumpReLUSAE", "GatedSAE"])
+def test_per_latent_parameters_get_the_same_gradient_every_time_on_two_threads(variant):
+    """The same batch must give the same gradients, bit for bit: gathering a per-latent parameter per entry with
+    p[indices] (JumpReLU's θ, Gated's biases) made its backward add the entries with atomics (CPU index_put_ with
+    accumulate), in another order each run, so one seed trained different SAEs (04's JumpReLU rows changed in the
+    3rd-4th digit between runs)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        sae = sm.JumpReLUSAE(64, 256, seed=0).train()
+        sae = getattr(sm, variant)(64, 256, seed=0).train()
         sae.sparse_path = True
         x = torch.randn(8192, 64, generator=torch.Generator().manual_seed(0)) * 2
         grads = []
         for _ in range(6):
             sae.zero_grad()
             sae(x).loss.backward()
-            grads.append(sae.log_threshold.grad.clone())
+            grads.append([p.grad.clone() for p in sae.parameters()])
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    for i, (name, _) in enumerate(sae.named_parameters()):
+        assert all(torch.equal(grads[0][i], g[i]) for g in grads[1:]), f"{name}'s gradient changed between runs"
