@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sae_minimal as sm
-from sae_minimal.train import _lr_factor, geometric_median
+from sae_minimal.train import _lr_factor, geometric_median, train_sae
 
 
 def _data(n=4096, d=16, scale=37.0, seed=0):
@@ -249,3 +249,39 @@ def test_reading_ahead_trains_the_same_sae_as_reading_on_demand(monkeypatch):
         sm.train_sae(sae, iter(x.split(256)), n_tokens=4096, batch_size=256, progress=False)
         saes.append(sae)
     assert torch.equal(saes[0].W_dec, saes[1].W_dec)
+
+
+def test_train_concurrently_trains_each_sae_as_it_would_train_alone(easy_data):
+    """Side by side in threads, each job gets the weights it gets alone on as many torch threads (no
+    shared generator, no shared state); results come back in the jobs' order, and the process's
+    thread count is restored, also when a job fails."""
+    from sae_minimal.train import train_concurrently
+
+    x = easy_data.activations[:20_000]
+
+    def job(seed, cls=sm.TopKSAE, **kw):
+        def run():
+            sae = cls(64, 256, seed=seed, **kw)
+            train_sae(sae, x, n_tokens=16_384, batch_size=512, seed=seed, progress=False)
+            return sae
+        return run
+
+    jobs = [job(0, k=4), job(1, cls=sm.ReLUSAE, l1_coeff=1.0), job(2, cls=sm.JumpReLUSAE, l0_coeff=1.0)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads // 2, 1))       # what each of the 2 workers gets
+    try:
+        alone = [run() for run in jobs]
+    finally:
+        torch.set_num_threads(threads)
+    together = train_concurrently(jobs, workers=2)
+    assert torch.get_num_threads() == threads
+    assert [type(s) for s in together] == [sm.TopKSAE, sm.ReLUSAE, sm.JumpReLUSAE]
+    for a, b in zip(alone, together):
+        for name, value in a.state_dict().items():
+            assert torch.equal(value, b.state_dict()[name]), f"{type(a).__name__}.{name} differs"
+
+    def fails():
+        raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        train_concurrently([jobs[0], fails, jobs[0]], workers=2)
+    assert torch.get_num_threads() == threads
