@@ -6,6 +6,7 @@ every variant, side by side in one process.
     python benchmarks/bench_train.py --lab         # the lab's training end to end vs the step
     python benchmarks/bench_train.py --decode      # sparse vs dense TopK decoding across d_sae
     python benchmarks/bench_train.py --matmuls     # share of each step spent in dense matmuls
+    python benchmarks/bench_train.py --concurrent  # a sweep one after the other vs two side by side
 
 One training step = forward, loss, backward, optimiser step, and each library's own bookkeeping:
   sae_minimal: sae(x) -> loss.backward() -> project decoder grads -> clip -> Adam -> renormalise
@@ -45,6 +46,7 @@ has no GPU (written to be correct by reading: the same step under torch.autocast
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import statistics
 import time
@@ -345,6 +347,50 @@ def bench_lab(args) -> None:
           f"data path {statistics.median(r[2] for r in rows):.1%} of the loop (median)")
 
 
+def bench_concurrent(args) -> None:
+    """A small sweep as the lab trains it (4 SAEs of 256 x 2048 on the stand-in's cached
+    activations, ``--lab-tokens`` each): one after the other on all of torch's threads, against
+    ``train.train_concurrently`` (two side by side, each on half the threads), interleaved over
+    ``--repeats``; and whether both give the same weights."""
+    from sae_minimal.lm.lab import LR_MULTIPLIER, Lab
+    from sae_minimal.train import train_concurrently
+
+    lab = Lab("standin", fast=False, verbose=False)
+    store = lab.activations()
+    lr = LR_MULTIPLIER * 2e-4 * (16384 / lab.d_sae) ** 0.5
+    makes = [lambda: sm.TopKSAE(lab.d_in, lab.d_sae, k=16, seed=0),
+             lambda: sm.TopKSAE(lab.d_in, lab.d_sae, k=32, seed=0),
+             lambda: sm.BatchTopKSAE(lab.d_in, lab.d_sae, k=16, seed=0),
+             lambda: sm.JumpReLUSAE(lab.d_in, lab.d_sae, l0_coeff=1.0, seed=0)]
+
+    def job(make):
+        def run():
+            sae = make()
+            sm.train_sae(sae, store.batches(1024, n_tokens=args.lab_tokens), n_tokens=args.lab_tokens,
+                         batch_size=1024, lr=lr, progress=False)
+            return sae
+        return run
+
+    print(f"{len(makes)} SAEs (TopK k 16 and 32, BatchTopK, JumpReLU; {lab.d_in} x {lab.d_sae}), "
+          f"{args.lab_tokens:,} tokens each, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}\n")
+    times = {"one after the other": [], "two side by side": []}
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        alone = [job(make)() for make in makes]
+        times["one after the other"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        together = train_concurrently([job(make) for make in makes], workers=2)
+        times["two side by side"].append(time.perf_counter() - start)
+        same = all(torch.equal(a.state_dict()[k], b.state_dict()[k])
+                   for a, b in zip(alone, together) for k in a.state_dict())
+        print(f"run {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items())
+              + f"; same weights: {same}", flush=True)
+    seq, par = min(times["one after the other"]), min(times["two side by side"])
+    print(f"\nbest of {args.repeats}: {seq:.1f} s one after the other, {par:.1f} s two side by side "
+          f"({seq / par:.2f}x)")
+
+
 def bench_crossover(args) -> None:
     """Print the sparse and dense step times behind ``kernels.measure_sparse_crossover``."""
     print(f"ReLU SAE step (forward + backward), d_in 768, d_sae 16384, batch 2048, {args.device}\n")
@@ -421,9 +467,12 @@ def main() -> None:
     ap.add_argument("--lab-tokens", type=int, default=100_000, help="tokens per --lab run")
     ap.add_argument("--decode", action="store_true", help="sparse vs dense TopK decoding")
     ap.add_argument("--matmuls", action="store_true", help="profile the share of dense matmuls")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="a lab sweep one after the other vs two side by side (--lab-tokens each)")
     args = ap.parse_args()
     (bench_crossover if args.crossover else bench_lab if args.lab else bench_decode if args.decode
-     else bench_matmul_share if args.matmuls else bench_train)(args)
+     else bench_matmul_share if args.matmuls else bench_concurrent if args.concurrent
+     else bench_train)(args)
 
 
 if __name__ == "__main__":
