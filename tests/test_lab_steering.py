@@ -199,17 +199,20 @@ def test_lab_trains_once_then_loads_the_same_sae(lab):
 
 def test_lab_saes_trains_side_by_side_what_lab_sae_trains_one_at_a_time(lab):
     runs = {seed: dict(name="side", make=_make, n_tokens=8192, seed=seed) for seed in (3, 4, 5)}
+    runs[6] = dict(name="side", make=_make, n_tokens=16384, seed=3)     # longer: trained first
     together = lab.saes(runs, workers=2, progress=False)
-    assert list(together) == [3, 4, 5] and all(lab.run(s).history is not None for s in together.values())
+    assert list(together) == [3, 4, 5, 6] and all(lab.run(s).history is not None for s in together.values())
+    assert lab.run(together[6]).history["tokens"][-1] > lab.run(together[3]).history["tokens"][-1]
     threads = torch.get_num_threads()
-    for seed, sae in together.items():
+    for key, sae in together.items():
         torch.set_num_threads(max(threads // 2, 1))          # the threads each of the 2 workers had
         try:
-            alone = lab.sae("alone", _make, n_tokens=8192, seed=seed, progress=False)  # new entry: trained
+            alone = lab.sae("alone", _make, n_tokens=runs[key]["n_tokens"], seed=runs[key]["seed"],
+                            progress=False)                   # a new entry: trained
         finally:
             torch.set_num_threads(threads)
         assert lab.run(alone).history is not None
-        assert torch.equal(alone.W_enc, sae.W_enc) and torch.equal(alone.W_dec, sae.W_dec), seed
+        assert torch.equal(alone.W_enc, sae.W_enc) and torch.equal(alone.W_dec, sae.W_dec), key
     again = lab.saes(runs, progress=False)                  # all cached now: loaded, the same folders
     assert all(lab.run(again[k]).history is None and lab.run(again[k]).path == lab.run(together[k]).path
                for k in runs)

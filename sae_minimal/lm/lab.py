@@ -234,12 +234,15 @@ class Lab:
         store = self.activations()
         if workers is None and self.device.type != "cpu":
             workers = 1      # one GPU: a second run would only queue behind the first
-        done = train_concurrently([lambda job=job: self._train_or_load(job, store)
-                                   for job in jobs.values()], workers=workers,
+        # the biggest first, so that the run left training alone at the end is a short one
+        order = sorted(jobs, key=lambda key: -jobs[key].sae.d_sae * jobs[key].settings["n_tokens"])
+        done = train_concurrently([lambda job=jobs[key]: self._train_or_load(job, store)
+                                   for key in order], workers=workers,
                                   desc=f"{len(jobs)} SAEs (trained or loaded)" if progress else None)
         for sae, run in done:
             self._runs[sae] = run
-        return {key: sae for key, (sae, _) in zip(jobs, done)}
+        by_key = dict(zip(order, (sae for sae, _ in done)))
+        return {key: by_key[key] for key in jobs}
 
     def _job(self, name: str, make: Callable[[int], BaseSAE], *, n_tokens: int | None = None,
              seed: int = 0, batch_size: int = 1024, lr: float | None = None, progress: bool = True,
