@@ -46,8 +46,8 @@ has no GPU (written to be correct by reading: the same step under torch.autocast
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
+import os
 import statistics
 import time
 
@@ -319,11 +319,11 @@ def bench_lab(args) -> None:
     """End to end: the lab's training (``train_sae`` over ``ActivationStore.batches``, as
     ``Lab.sae`` runs it: TopK k 16 on the stand-in's 256 x 2048) against the isolated step on one
     in-memory batch, interleaved; and the share of the loop spent waiting for data."""
-    from sae_minimal.lm.lab import LR_MULTIPLIER, Lab
+    from sae_minimal.lm.lab import Lab, lab_lr
 
     lab = Lab("standin", fast=False, verbose=False)   # caches the activations on first use
     store = lab.activations()
-    lr = LR_MULTIPLIER * 2e-4 * (16384 / lab.d_sae) ** 0.5   # the rate Lab.sae trains at
+    lr = lab_lr(lab.d_sae)                                  # the rate Lab.sae trains at
     n_steps = args.lab_tokens // 1024
     x = store.load_all(1024)
     x = x * (lab.d_in ** 0.5 / x.norm(dim=-1).mean())       # training units, as train_sae feeds it
@@ -352,12 +352,12 @@ def bench_concurrent(args) -> None:
     activations, ``--lab-tokens`` each): one after the other on all of torch's threads, against
     ``train.train_concurrently`` (two side by side, each on half the threads), interleaved over
     ``--repeats``; and whether both give the same weights."""
-    from sae_minimal.lm.lab import LR_MULTIPLIER, Lab
+    from sae_minimal.lm.lab import Lab, lab_lr
     from sae_minimal.train import train_concurrently
 
     lab = Lab("standin", fast=False, verbose=False)
     store = lab.activations()
-    lr = LR_MULTIPLIER * 2e-4 * (16384 / lab.d_sae) ** 0.5
+    lr = lab_lr(lab.d_sae)
     makes = [lambda: sm.TopKSAE(lab.d_in, lab.d_sae, k=16, seed=0),
              lambda: sm.TopKSAE(lab.d_in, lab.d_sae, k=32, seed=0),
              lambda: sm.BatchTopKSAE(lab.d_in, lab.d_sae, k=16, seed=0),
@@ -366,8 +366,9 @@ def bench_concurrent(args) -> None:
     def job(make):
         def run():
             sae = make()
-            sm.train_sae(sae, store.batches(1024, n_tokens=args.lab_tokens), n_tokens=args.lab_tokens,
-                         batch_size=1024, lr=lr, progress=False)
+            n = args.lab_tokens
+            sm.train_sae(sae, store.batches(1024, n_tokens=n), n_tokens=n, batch_size=1024, lr=lr,
+                         progress=False)
             return sae
         return run
 
@@ -387,8 +388,8 @@ def bench_concurrent(args) -> None:
         print(f"run {r}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items())
               + f"; same weights: {same}", flush=True)
     seq, par = min(times["one after the other"]), min(times["two side by side"])
-    print(f"\nbest of {args.repeats}: {seq:.1f} s one after the other, {par:.1f} s two side by side "
-          f"({seq / par:.2f}x)")
+    print(f"\nbest of {args.repeats}: {seq:.1f} s one after the other, {par:.1f} s two side by "
+          f"side ({seq / par:.2f}x)")
 
 
 def bench_crossover(args) -> None:

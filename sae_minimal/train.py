@@ -391,10 +391,10 @@ def train_concurrently(jobs: Sequence[Callable[[], T]], *, workers: int | None =
     Why: a small SAE's training step does not keep two cores busy (topk, sorting, the optimizer
     and Python run on one), so two SAEs trained side by side on one thread each finish sooner than
     one after the other on two threads: 1.22-1.44x on the 2-core CI machine for 256 x 2048 SAEs
-    (``benchmarks/bench_train.py --concurrent``), with bit-identical weights (the test:
-    tests/test_train.py). Independent jobs
-    only: each must use its own generators (``seed=``), never the global one. ``workers``
-    defaults to 2 when torch has 2+ threads, else 1 (then the jobs run one after the other, here).
+    (``benchmarks/bench_train.py --concurrent``), with bit-identical weights (tests/test_train.py).
+    Independent jobs only: each must use its own generators (``seed=``), never the global one.
+    ``workers`` defaults to 2 when torch has 2+ threads, else 1 (then the jobs run one after the
+    other, here).
     Jobs queued when one fails or on Ctrl-C are cancelled; the running ones finish first.
     """
     jobs = list(jobs)

@@ -196,7 +196,6 @@ def test_lab_trains_once_then_loads_the_same_sae(lab):
     assert metrics["l0"] == pytest.approx(8.0) and 0 < metrics["fvu"] < 1 and 0 < metrics["ce_recovered"] <= 1.01
 
 
-
 def test_lab_saes_trains_side_by_side_what_lab_sae_trains_one_at_a_time(lab):
     runs = {seed: dict(name="side", make=_make, n_tokens=8192, seed=seed) for seed in (3, 4, 5)}
     runs[6] = dict(name="side", make=_make, n_tokens=16384, seed=3)     # longer: trained first

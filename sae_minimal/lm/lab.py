@@ -91,6 +91,12 @@ MODEL_SIZES = {GPT2_SHAPED: {"train_windows": (16, 16), "train_tokens": (4096, 4
 LR_MULTIPLIER = 4.0
 
 
+def lab_lr(d_sae: int) -> float:
+    """The learning rate ``Lab.sae`` trains at by default: ``LR_MULTIPLIER`` times Gao et al.'s
+    2e-4·√(16384 / d_sae)."""
+    return LR_MULTIPLIER * 2e-4 * (16384 / d_sae) ** 0.5
+
+
 class _Job(NamedTuple):
     """One SAE for ``Lab._train_or_load``: built, untrained, with its settings and cache folder."""
 
@@ -229,16 +235,17 @@ class Lab:
         seed=seed))}``: the same SAEs, cache entries and ``lab.run`` records as one call each,
         with the missing ones trained ``workers`` at a time on a CPU (``train_concurrently``: 2
         side by side on a 2-core machine: a sweep of 04 trained 1.44x sooner than one after the
-        other, with the same weights). One bar counts the SAEs; on a GPU they train one after the other."""
+        other, with the same weights). One bar counts the SAEs; on a GPU they train one after the
+        other."""
         jobs = {key: self._job(progress=False, **kwargs) for key, kwargs in runs.items()}
         store = self.activations()
         if workers is None and self.device.type != "cpu":
             workers = 1      # one GPU: a second run would only queue behind the first
         # the biggest first, so that the run left training alone at the end is a short one
         order = sorted(jobs, key=lambda key: -jobs[key].sae.d_sae * jobs[key].settings["n_tokens"])
+        desc = f"{len(jobs)} SAEs (trained or loaded)" if progress else None
         done = train_concurrently([lambda job=jobs[key]: self._train_or_load(job, store)
-                                   for key in order], workers=workers,
-                                  desc=f"{len(jobs)} SAEs (trained or loaded)" if progress else None)
+                                   for key in order], workers=workers, desc=desc)
         for sae, run in done:
             self._runs[sae] = run
         by_key = dict(zip(order, (sae for sae, _ in done)))
@@ -254,7 +261,7 @@ class Lab:
         sae = make(seed).to(self.device)
         # the rate notebook 04 describes (train.default_lr, which also counts d_in and the run's
         # length, gives 3.2e-3 at 256 x 2048 and 586 steps: held-out FVU 0.120 vs 0.122 here)
-        lr = lr if lr is not None else LR_MULTIPLIER * 2e-4 * (16384 / sae.d_sae) ** 0.5
+        lr = lr if lr is not None else lab_lr(sae.d_sae)
         settings = {"n_tokens": n_tokens, "seed": seed, "batch_size": batch_size, "lr": lr,
                     **train_kw}
         return _Job(sae, settings, self.root / "saes" / self._key(name, sae, settings), progress)
@@ -486,4 +493,4 @@ def _save_entry(sae: BaseSAE, path: Path, device: torch.device, metadata: dict,
         return load_sae(path, device=device)
 
 
-__all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "MODEL_SIZES", "cache_dir", "is_fast"]
+__all__ = ["Lab", "LabRun", "HOOKS", "SIZES", "MODEL_SIZES", "cache_dir", "is_fast", "lab_lr"]
