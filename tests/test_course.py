@@ -102,3 +102,16 @@ def test_execute_runs_notebooks_offline_unless_asked(tmp_path, monkeypatch):
     nbformat.write(nb, path)
     assert cli.main(["execute", str(path)]) == 0
     assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].strip() == "1"
+
+
+def test_execute_saves_figures_even_under_an_agg_backend(tmp_path, monkeypatch):
+    """`course execute` writes the reading copies: with MPLBACKEND=Agg inherited from the shell (as the
+    tests set it), the kernel would draw nothing and the committed cells would lose their figures."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, 1])")]
+    path = tmp_path / "figure.ipynb"
+    nbformat.write(nb, path)
+    assert cli.main(["execute", str(path)]) == 0
+    outputs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert any("image/png" in out.get("data", {}) for out in outputs), outputs

@@ -127,3 +127,19 @@ def test_committed_outputs_come_from_an_offline_run(path):
             assert "huggingface.co" not in text and "could not be downloaded" not in text, (
                 f"{path} cell {i}: output from a run that tried the model hub; re-execute with "
                 "SAE_MINIMAL_OFFLINE=1 python -m sae_minimal.course execute ...")
+
+
+DRAWS = re.compile(r"^\s*(?:fig\s*,\s*\w+\s*=\s*)?plt\.(?:subplots|figure)\(", re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=str)
+def test_cells_that_draw_a_figure_show_it(path):
+    """A cell that makes a figure has it among its outputs: a run under MPLBACKEND=Agg (set for the
+    tests and scripts, wrong for `course execute`) draws nothing in the kernel, and 04 and 07 were
+    once committed that way with all eleven of their figures missing."""
+    nb = nbformat.read(ROOT / path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and DRAWS.search(cell.source):
+            assert any(kind.startswith("image/") for out in cell.outputs for kind in out.get("data", {})), (
+                f"{path} cell {i} draws a figure but shows none; re-execute without MPLBACKEND=Agg: "
+                "SAE_MINIMAL_OFFLINE=1 python -m sae_minimal.course execute ...")

@@ -141,6 +141,9 @@ def _command(args) -> int:
         # retry messages and a fallback banner (or GPT-2's numbers, which CI cannot reproduce)
         if not args.online:
             os.environ["SAE_MINIMAL_OFFLINE"] = "1"
+        # and they show their figures: an inherited MPLBACKEND=Agg (the tests' setting) would
+        # leave every plotting cell without its image
+        os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
         for nb_path in map(Path, args.notebooks):
             t0 = time.perf_counter()
             executed = execute(nb_path, fast=args.fast, timeout=args.timeout)
