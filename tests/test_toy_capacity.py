@@ -19,6 +19,23 @@ def test_toy_sweep_reproduces_known_regimes():
     assert w[0] * w[1] < 0 and abs(abs(w[0]) - abs(w[1])) < 0.3
 
 
+def test_batch_last_training_path_equals_the_plain_formula():
+    # train_toy trains on x transposed to [I, n, B] (speed); it must be toy_loss on the same x
+    gen = torch.Generator().manual_seed(0)
+    p = torch.rand(4, 3, generator=gen) * 0.9 + 0.05
+    imp = torch.rand(4, 3, generator=gen) + 0.5
+    W = torch.randn(4, 2, 3, generator=gen, requires_grad=True)
+    b = torch.randn(4, 3, generator=gen, requires_grad=True)
+    x = toy.sample_features(p, 64, torch.Generator().manual_seed(1))
+    xT = toy._sample_batch_last(p, 64, torch.Generator().manual_seed(1))
+    assert torch.equal(xT, x.transpose(1, 2))                   # the same random numbers
+    plain, fast = toy.toy_loss(W, b, x, imp), toy._toy_loss_batch_last(W, b, xT, imp)
+    assert torch.allclose(plain, fast, rtol=1e-5, atol=1e-7)
+    grads = [torch.autograd.grad(loss.sum(), (W, b)) for loss in (plain, fast)]
+    for g_plain, g_fast in zip(*grads):
+        assert torch.allclose(g_plain, g_fast, rtol=1e-4, atol=1e-6)
+
+
 def test_feature_dimensionality_of_known_geometries():
     antipodal = torch.tensor([[[1.0, -1.0]]])                     # 2 features sharing 1 dim
     assert toy.feature_dimensionality(antipodal)[0].tolist() == pytest.approx([0.5, 0.5])

@@ -116,7 +116,7 @@ class LabRun(NamedTuple):
 
 
 def is_fast() -> bool:
-    """True when ``SAE_MINIMAL_FAST=1``: short training for CI and quick checks."""
+    """True when ``SAE_MINIMAL_FAST=1``: short training for CI and quick checks (03-08)."""
     return os.environ.get("SAE_MINIMAL_FAST", "0") == "1"
 
 

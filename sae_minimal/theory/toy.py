@@ -44,6 +44,19 @@ def toy_loss(W: Tensor, b: Tensor, x: Tensor, importance: Tensor) -> Tensor:
     return err.sum(-1).mean(-1)
 
 
+def _toy_loss_batch_last(W: Tensor, b: Tensor, xT: Tensor, importance: Tensor) -> Tensor:
+    """``toy_loss`` for xT [I, n, B] = x.transpose(1, 2): the same formula, batch last.
+
+    Why: with n = 2 or 3 features innermost, every elementwise op (and its gradient) runs over
+    rows of 2-3 numbers; with the batch innermost it runs over rows of B, and both products are
+    plain bmm. Training 01's 2-feature phase diagram is ~3x faster on a CPU (equal to
+    ``toy_loss`` up to float rounding: tests/test_toy_capacity.py).
+    """
+    h = torch.bmm(W, xT)                                                  # [I, m, B]
+    x_hat = torch.relu(torch.bmm(W.transpose(1, 2), h) + b[:, :, None])   # [I, n, B]
+    return ((xT - x_hat).pow(2) * importance[:, :, None]).sum(1).mean(-1)
+
+
 def sample_features(feature_probability: Tensor, batch: int,
                     generator: torch.Generator | None = None) -> Tensor:
     """[I, batch, n]: each feature U[0,1] with probability p, else 0."""
@@ -51,6 +64,15 @@ def sample_features(feature_probability: Tensor, batch: int,
     u = torch.rand(I, batch, n, generator=generator)
     p = feature_probability[:, None, :]
     # one draw does both jobs: P(u < p) = p, and given u < p, u / p is again U[0, 1]
+    return torch.where(u < p, u / p, 0.0)
+
+
+def _sample_batch_last(feature_probability: Tensor, batch: int,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """``sample_features(...).transpose(1, 2)``, contiguous: [I, n, batch], the same numbers."""
+    I, n = feature_probability.shape
+    u = torch.rand(I, batch, n, generator=generator).transpose(1, 2).contiguous()
+    p = feature_probability[:, :, None]
     return torch.where(u < p, u / p, 0.0)
 
 
@@ -92,9 +114,9 @@ def train_toy(n_features: int, n_hidden: int, feature_probability: Tensor,
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     for _ in tqdm(range(steps), disable=not progress, desc=f"training {I} toy models",
                   mininterval=1.0):
-        x = sample_features(p, batch, gen)
+        xT = _sample_batch_last(p, batch, gen)   # [I, n, batch]: toy_loss, ~3x faster
         # instances are independent: summing trains each on its own
-        loss = toy_loss(W, b, x, imp).sum()
+        loss = _toy_loss_batch_last(W, b, xT, imp).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -110,8 +132,8 @@ def expected_loss(model: ToyModel, n_samples: int = 200_000, seed: int = 1) -> T
     total = torch.zeros(model.W.shape[0])
     chunk = 20_000
     for _ in range(n_samples // chunk):
-        x = sample_features(model.feature_probability, chunk, gen)
-        total += toy_loss(model.W, model.b, x, model.importance)
+        xT = _sample_batch_last(model.feature_probability, chunk, gen)
+        total += _toy_loss_batch_last(model.W, model.b, xT, model.importance)
     return total / (n_samples // chunk)
 
 
