@@ -233,6 +233,26 @@ def test_splice_eval_reuses_the_ablation_baselines_exactly(lab):
     assert lab.evaluate(sae)["ce_recovered"] == full["ce_loss_recovered"]
 
 
+def test_lab_evaluate_reuses_the_held_out_activations_exactly(lab, monkeypatch):
+    import sae_minimal.lm.evaluation as evaluation
+
+    sae = lab.sae("t", _make, n_tokens=8192, progress=False)
+    lab.eval_activations()
+    mean = lab.eval_activations().mean(0)
+    fresh = evaluation.splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False)
+    reused = evaluation.splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False,
+                                    hook_acts=lab._held_acts)
+    assert reused == fresh                                   # the same numbers, bit for bit
+    calls = []
+    monkeypatch.setattr(evaluation, "run_to_hook", lambda *a, **k: calls.append(1))
+    lab._ablation_ce = None                                  # the baselines too come from the kept activations
+    assert lab.evaluate(sae)["ce_recovered"] == fresh["ce_loss_recovered"]
+    assert calls == [], "Lab.evaluate ran the layers before the hook again"
+    with pytest.raises(ValueError, match=r"hook_acts must be the activations .* for these tokens"):
+        evaluation.splice_eval(lab.model, sae, lab.hook, lab.held_out, progress=False,
+                               hook_acts=lab._held_acts[:1])
+
+
 def test_lab_density_is_remembered_until_the_weights_change(lab, monkeypatch):
     import sae_minimal.lm.lab as lab_module
 

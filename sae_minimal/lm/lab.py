@@ -169,6 +169,7 @@ class Lab:
         self.root = cache_dir() / (f"{self.model_name}-{self.fingerprint[:8]}-{self.hook}-"
                                    f"{'fast' if self.fast else 'full'}")
         self._eval_acts: Tensor | None = None
+        self._held_acts: Tensor | None = None
         self._mean_act: Tensor | None = None
         self._density_rows: Tensor | None = None
         self._densities: weakref.WeakKeyDictionary[BaseSAE, tuple] = weakref.WeakKeyDictionary()
@@ -191,11 +192,11 @@ class Lab:
     def eval_activations(self) -> Tensor:
         """[m·127, d_in] held-out activations (BOS dropped), kept in memory."""
         if self._eval_acts is None:
-            with torch.no_grad():
-                acts = [run_to_hook(self.model, self.held_out[i:i + 16], self.hook)[:, 1:]
-                        .reshape(-1, self.d_in)
-                        for i in range(0, len(self.held_out), 16)]
-            self._eval_acts = torch.cat(acts).float()
+            with torch.no_grad():   # [m, 128, d_in], BOS included: what splicing starts from
+                self._held_acts = torch.cat([run_to_hook(self.model, self.held_out[i:i + 16],
+                                                         self.hook)
+                                             for i in range(0, len(self.held_out), 16)])
+            self._eval_acts = self._held_acts[:, 1:].reshape(-1, self.d_in).float()
             self._mean_act = self._eval_acts.mean(0)
         return self._eval_acts
 
@@ -403,11 +404,14 @@ class Lab:
         recovered and KL (``evaluation.splice_eval``). ``sae``: ours, or a SAELens SAE object."""
         sae = as_sae(sae)
         x = self.eval_activations()
-        if splice and self._ablation_ce is None:     # the same for every SAE: computed once
-            self._ablation_ce = ablation_ce(self.model, self.hook, self.held_out, self._mean_act)
+        # the same for every SAE, so computed once: the ablation baselines, and the held-out
+        # activations at the hook (the layers before it need not run again for each SAE)
+        if splice and self._ablation_ce is None:
+            self._ablation_ce = ablation_ce(self.model, self.hook, self.held_out, self._mean_act,
+                                            hook_acts=self._held_acts)
         return evaluate_sae(self.model, sae, self.hook, x, self.held_out if splice else None,
                             density=self.density(sae), mean_act=self._mean_act,
-                            ablation=self._ablation_ce)
+                            ablation=self._ablation_ce, hook_acts=self._held_acts)
 
     def density(self, sae: BaseSAE, max_rows: int = 100_000) -> Tensor:
         """[d_sae] firing frequency over (up to ``max_rows``) cached training activations (read
