@@ -63,9 +63,11 @@ def test_check_top_k_features():
           "indices")
 
 
-def test_streamed_sae_scores_match_top_k_features():
-    from sae_minimal.topk import TopKSAE
-    sae = TopKSAE(8, 32, k=4, seed=0)
+@pytest.mark.parametrize("variant", ["topk", "relu", "jumprelu"])
+def test_streamed_sae_scores_match_top_k_features(variant):
+    import sae_minimal as sm
+    sae = {"topk": lambda: sm.TopKSAE(8, 32, k=4, seed=0), "relu": lambda: sm.ReLUSAE(8, 32, seed=0),
+           "jumprelu": lambda: sm.JumpReLUSAE(8, 32, seed=0)}[variant]()
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3000, 8, generator=gen)
     y = x[:, 0] > 0.5
