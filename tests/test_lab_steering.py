@@ -89,6 +89,18 @@ def test_generate_is_reproducible_and_alpha_zero_is_unsteered(standin):
         generate(model, prompts, 2, temperature=0)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 4.0, 40.0])
+def test_generate_with_the_key_value_cache_samples_what_the_full_rerun_samples(standin, alpha):
+    from sae_minimal.lm.steering import generate, random_direction
+
+    model, tokens = standin
+    prompts = tokens[:, :12]
+    direction = random_direction(256, seed=1)
+    cached = generate(model, prompts, 10, hook_name=HOOK, direction=direction, alpha=alpha, seed=5)
+    rerun = generate(model, prompts, 10, hook_name=HOOK, direction=direction, alpha=alpha, seed=5, kv_cache=False)
+    assert torch.equal(cached, rerun), f"{int((cached != rerun).sum())} sampled tokens differ at alpha={alpha}"
+
+
 def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
     from sae_minimal.lm.steering import concept_logprob
 
