@@ -249,8 +249,7 @@ def test_lab_evaluate_reuses_the_held_out_activations_exactly(lab, monkeypatch):
     import sae_minimal.lm.evaluation as evaluation
 
     sae = lab.sae("t", _make, n_tokens=8192, progress=False)
-    lab.eval_activations()
-    mean = lab.eval_activations().mean(0)
+    mean = lab.eval_activations().mean(0)                    # also keeps lab._held_acts
     fresh = evaluation.splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False)
     reused = evaluation.splice_eval(lab.model, sae, lab.hook, lab.held_out, mean_act=mean, progress=False,
                                     hook_acts=lab._held_acts)

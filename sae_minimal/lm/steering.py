@@ -119,13 +119,15 @@ def generate(model, prompts: Tensor, n_new: int, *, hook_name: str | None = None
     gen = torch.Generator().manual_seed(seed)
     hooks = _hooks(model, hook_name, direction, alpha)
     cache = _key_value_cache(model, tokens.shape[0]) if kv_cache else None
+    # after the first cached pass the one position is a new token, never BOS: steer it too
+    later = _hooks(model, hook_name, direction, alpha, first=0) if cache is not None else hooks
     step_in = tokens
     for step in range(n_new):
         if cache is None:
             logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        else:   # after the first pass the one position is a new token: steer it too
-            step_hooks = hooks if step == 0 else _hooks(model, hook_name, direction, alpha, 0)
-            logits = model.run_with_hooks(step_in, fwd_hooks=step_hooks, past_kv_cache=cache)
+        else:
+            logits = model.run_with_hooks(step_in, fwd_hooks=hooks if step == 0 else later,
+                                          past_kv_cache=cache)
         # sample on the CPU: one generator on every device
         probs = (logits[:, -1].float() / temperature).softmax(-1).cpu()
         step_in = torch.multinomial(probs, 1, generator=gen).to(device=tokens.device,
