@@ -194,10 +194,12 @@ def save_card(out: Path, card: dict) -> None:
     (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
 
 
-def import_ladder(runs_root: Path, out: Path, note: str) -> None:
+def import_ladder(runs_root: Path, out: Path, note: str, hardware: str) -> None:
     """Put the metrics of finished runs (``runs_root``/<name>/<tokens>/seed<i>/metrics.json, as a
-    build's work folder holds them; weights not needed) into the card as its "ladder": held-out
-    metrics against the training budget, e.g. from a GPU build whose weights were not kept."""
+    build's work folder holds them; weights not needed) into the card as the ladder of
+    ``hardware`` (replacing an earlier one of that label): held-out metrics against the training
+    budget, e.g. from a GPU build whose weights were not kept. MMCS comes along where the build
+    had both seeds' weights (``add_mmcs`` wrote it into seed0's metrics)."""
     runs = {}
     for path in sorted(runs_root.glob("*/*/seed*/metrics.json")):
         name, tokens, seed = path.parts[-4:-1]
@@ -207,7 +209,9 @@ def import_ladder(runs_root: Path, out: Path, note: str) -> None:
     runs = {n: dict(sorted(runs[n].items(), key=lambda kv: int(kv[0].split("/")[0])))
             for n in RECIPES if n in runs}
     card = json.loads((out / CARD_JSON).read_text())
-    card["ladder"] = {"note": note, "runs": runs}
+    ladder = {"hardware": hardware, "note": note, "runs": runs}
+    card["ladders"] = [lad for lad in card.get("ladders", []) if lad["hardware"] != hardware]
+    card["ladders"].append(ladder)
     save_card(out, card)
     print(f"ladder: {sum(len(r) for r in runs.values())} runs of {len(runs)} references")
 
@@ -284,6 +288,7 @@ def main() -> None:
     ap.add_argument("--import-ladder", metavar="RUNS", help="put RUNS/<name>/<tokens>/seed<i>/"
                     "metrics.json into the card's ladder (with --ladder-note), then stop")
     ap.add_argument("--ladder-note", default="", help="where and how the ladder's runs ran")
+    ap.add_argument("--ladder-hardware", default="CPU", help="the ladder's label (e.g. H100)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -291,7 +296,8 @@ def main() -> None:
     if args.finalize:
         return finalize(out)
     if args.import_ladder:
-        return import_ladder(Path(args.import_ladder), out, args.ladder_note)
+        return import_ladder(Path(args.import_ladder), out, args.ladder_note,
+                             args.ladder_hardware)
     names = args.only or list(RECIPES)
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:

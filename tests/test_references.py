@@ -40,6 +40,23 @@ def test_load_reference_gives_float32_eval_sae_and_its_twin(tmp_path):
     assert "| topk-k4-64 | d_sae 64, k 4 | 2,000 |" in md and "yes (FVU 1.0%" in md
 
 
+
+def test_card_lists_each_ladder_with_its_hardware_and_mmcs_where_measured():
+    run = {"fvu": 0.1, "l0": 4.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1}
+    card = {"hook": refs.HOOK, "model_fingerprint": "0" * 40, "sae_minimal": sm.__version__,
+            "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
+            "held_out_activations": 100, "saes": {}, "ladders": [
+                {"hardware": "H100", "note": "no weights kept", "runs": {"topk-k4-64": {
+                    "1000/seed0": run, "2000/seed0": {**run, "fvu": 0.09}}}},
+                {"hardware": "CPU", "note": "two cores", "runs": {"topk-k4-64": {
+                    "1000/seed0": {**run, "mmcs": 0.50}, "1000/seed1": run,
+                    "2000/seed0": {**run, "fvu": 0.098, "mmcs": 0.55}, "2000/seed1": run}}}]}
+    md = refs.card_markdown(card)
+    h100, cpu = md.split("## Convergence ladder (H100)")[1].split("## Convergence ladder (CPU)")
+    assert "| topk-k4-64 | 2,000 | 0.0900 | -10.0% |" in h100 and h100.rstrip().endswith("|  |  |")
+    assert "| topk-k4-64 | 2,000 | 0.0980 / 0.1000 | -2.0% |" in cpu
+    assert cpu.rstrip().endswith("| 0.550 | +10.0% |")
+
 def test_unknown_reference_lists_the_names(tmp_path):
     folder = _fake_folder(tmp_path)
     with pytest.raises(KeyError, match="topk-k4-64, topk-k4-64-seed1"):
@@ -145,3 +162,10 @@ def test_plain_standin_computes_what_the_hooked_transformer_does():
     assert (hooked(tokens) - plain(tokens)).abs().max() < 1e-3
     replaced = plain.run_with_hooks(tokens, fwd_hooks=[(refs.HOOK, lambda act, hook: act * 0)])
     assert not torch.allclose(replaced, plain(tokens))        # the hook's replacement is used
+
+
+@shipped
+def test_the_shipped_card_markdown_is_made_from_card_json():
+    """REFERENCE_CARD.md is generated: an edit of card.json that was not re-rendered fails here."""
+    md = (refs.REFERENCE_DIR / "REFERENCE_CARD.md").read_text()
+    assert md == refs.card_markdown(refs.reference_card())

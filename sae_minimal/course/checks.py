@@ -86,6 +86,8 @@ def _same(a, b) -> bool:
     """Whether b still equals a (tensors exactly, NaNs included; modules by their state)."""
     if a is b:   # deepcopy returns immutable values (numbers, strings) themselves
         return True
+    if isinstance(a, torch.Generator):   # drawing from it is what it is for
+        return True
     if isinstance(a, Tensor):
         if not (isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype):
             return False
@@ -659,6 +661,198 @@ def check_matryoshka_loss(fn: Callable) -> None:
     _name_the_mistake(name, got, wrong, hints, rel_tol=1e-4)
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Check each prefix term: mean over the "
                 "batch of ||x - (latents[:, :m] @ W_dec[:m] + b_dec)||².")
+
+
+# --- Notebook 04 part 2: keeping latents alive -----------------------------------------------------
+def _auxk_reference(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, W_dec: Tensor,
+                    k_aux: int, *, relu: bool = True, only_dead: bool = True,
+                    normalise: str = "e", scaled: bool = True, detach: bool = True) -> Tensor:
+    """The AuxK term without α (Gao et al. 2024, sec. 2.4); the keywords build the wrong answers
+    the checker names. Equals ``topk.auxk_loss / (α · Var(x))`` (tests/test_checks_alive.py)."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    e = (x - x_hat).detach() if detach else x - x_hat
+    scores = pre.masked_fill(~dead, float("-inf")) if only_dead else pre
+    values, indices = scores.topk(min(k_aux, n_dead) if only_dead else k_aux, dim=-1)
+    values = values.relu() if relu else values
+    e_hat = (values.unsqueeze(-1) * W_dec[indices]).sum(1)                  # [B, d_in]
+    var = {"e": (e - e.mean(0)).pow(2).sum(-1).mean(),
+           "x": (x - x.mean(0)).pow(2).sum(-1).mean(), "none": 1.0}[normalise]
+    scale = min(n_dead / k_aux, 1.0) if scaled else 1.0
+    return scale * (e - e_hat).pow(2).sum(-1).mean() / var
+
+
+def _auxk_case(seed: int, n_dead: int, *, B: int = 48, d_in: int = 8, d_sae: int = 24):
+    """x, x_hat [B, d_in] (x off-centre, x_hat shrunk), pre [B, d_sae] (the alive latents' larger,
+    the dead ones' mostly negative, as dead latents' are), dead [d_sae], W_dec [d_sae, d_in]."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, d_in, generator=gen) + 3.0
+    x_hat = 0.8 * x + 0.2 * torch.randn(B, d_in, generator=gen)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=gen)[:n_dead]] = True
+    pre = torch.randn(B, d_sae, generator=gen) - 0.5 + 2.0 * (~dead).float()
+    W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
+    return x, x_hat, pre, dead, W_dec
+
+
+def check_auxk_loss(fn: Callable) -> None:
+    """fn(x [B, d_in], x_hat [B, d_in], pre [B, d_sae], dead [d_sae] bool, W_dec [d_sae, d_in],
+    k_aux) -> 0-d tensor: min(n_dead/k_aux, 1) · mean_b ||e_b - ê_b||² / Var(e), where
+    e = x - x̂ (detached), ê = the k_aux largest dead pre-activations (ReLU'd) decoded without
+    b_dec, and Var(e) = mean_b ||e_b - ē||²."""
+    name = "check_auxk_loss"
+    k_aux = 4
+    x, x_hat, pre, dead, W_dec = _auxk_case(0, n_dead=10)
+    x_hat, pre, W_dec = (t.clone().requires_grad_(True) for t in (x_hat, pre, W_dec))
+    got = _call(name, fn, x, x_hat, pre, dead, W_dec, k_aux)
+    if not isinstance(got, Tensor) or got.numel() != 1:
+        _fail(name, f"return the loss as a 0-d tensor (a number that can be backpropagated), got "
+                    f"{type(got).__name__}{'' if not isinstance(got, Tensor) else ' of shape ' + str(tuple(got.shape))}.")
+    if not got.requires_grad:
+        _fail(name, "your loss carries no gradient: AuxK exists to train the dead latents, so ê "
+                    "must stay connected to `pre` and `W_dec` (no .detach(), .item() or "
+                    "torch.no_grad() on that path).")
+    want = _auxk_reference(x, x_hat, pre, dead, W_dec, k_aux).detach()
+    value = float(got.detach())
+    if not math.isclose(value, float(want), rel_tol=1e-4):
+        wrong = {k: float(_auxk_reference(x, x_hat, pre, dead, W_dec, k_aux, **kw).detach())
+                 for k, kw in {"alive": dict(only_dead=False), "relu": dict(relu=False),
+                               "none": dict(normalise="none"), "x": dict(normalise="x")}.items()}
+        wrong["sum"] = float(want) * len(x)
+        hints = {
+            "alive": "you took the k_aux largest pre-activations of *all* latents. AuxK uses only "
+                     "the dead ones (set the others to -inf before topk, e.g. "
+                     "`pre.masked_fill(~dead, float('-inf'))`): alive latents are trained by "
+                     "the main loss already.",
+            "relu": "the dead latents' values must be ReLU'd, as TopK's are: dead latents mostly "
+                    "have negative pre-activations, and decoding those would subtract directions.",
+            "none": "you returned ||e - ê||² without dividing by Var(e) = mean_b ||e_b - ē||². "
+                    "Normalised, AuxK's pull does not fade as the reconstruction improves and e "
+                    "shrinks, which is exactly when latents die.",
+            "x": "you divided by the variance of x; AuxK's target is e = x - x̂, so divide by "
+                 "Var(e) = mean_b ||e_b - ē||².",
+            "sum": "you summed over the batch; average over it (sum over d_in, mean over rows).",
+        }
+        _name_the_mistake(name, value, wrong, hints, rel_tol=1e-4)
+        _fail(name, f"expected {float(want):.5f}, got {value:.5f} (10 of 24 latents dead, "
+                    f"k_aux = {k_aux}). Check each step: e = x - x_hat; the k_aux largest "
+                    "pre-activations among dead latents, ReLU'd; ê = their values times their "
+                    "W_dec rows, summed (no b_dec); mean_b ||e_b - ê_b||² / Var(e).")
+    got.backward()
+    if x_hat.grad is not None and float(x_hat.grad.abs().max()) > 0:
+        _fail(name, "gradient reaches x_hat: detach e = (x - x_hat).detach(). AuxK trains the "
+                    "dead latents to explain what the main model misses; it must not pull the "
+                    "main reconstruction towards them.")
+    alive = ~dead
+    if pre.grad is None or float(pre.grad[:, dead].abs().sum()) == 0:
+        _fail(name, "no gradient reaches the dead latents' pre-activations: keep ê connected "
+                    "to `pre` (use the values topk returns, not a detached copy).")
+    if float(pre.grad[:, alive].abs().sum()) > 0 or float(W_dec.grad[alive].abs().sum()) > 0:
+        _fail(name, "gradient reaches alive latents: only the dead ones may enter ê.")
+
+    few = 2                                               # fewer dead latents than k_aux
+    case = _auxk_case(1, n_dead=few)
+    try:
+        got = _call(name, fn, *case, k_aux)
+    except (RuntimeError, IndexError) as e:
+        _fail(name, f"with only {few} dead latents and k_aux = {k_aux}, your function raised "
+                    f"{type(e).__name__}: {e}. Take min(k_aux, n_dead) of them.")
+    want = _auxk_reference(*case, k_aux)
+    value = float(torch.as_tensor(got).detach())
+    if not math.isclose(value, float(want), rel_tol=1e-4):
+        _name_the_mistake(name, value, {"unscaled": float(want) * k_aux / few}, {
+            "unscaled": f"with {few} dead latents and k_aux = {k_aux}, scale the loss by "
+                        f"min(n_dead / k_aux, 1) = {few / k_aux:g}: the term grows with the "
+                        "number of dead latents instead of switching on at full strength for the "
+                        "first one."}, rel_tol=1e-4)
+        _fail(name, f"with {few} dead latents and k_aux = {k_aux}: expected {float(want):.5f}, "
+                    f"got {value:.5f}.")
+    case = _auxk_case(2, n_dead=0)
+    value = float(torch.as_tensor(_call(name, fn, *case, k_aux)).detach())
+    if value != 0.0:
+        _fail(name, f"with no dead latent the term must be 0 (min(0 / k_aux, 1) = 0), got "
+                    f"{value:.4g}.")
+    _passed(name, "only dead latents, ReLU'd, decode the detached residual; normalised by "
+                  "Var(e); scaled by min(n_dead/k_aux, 1); 0 with none dead")
+
+
+def check_resample_dead(fn: Callable) -> None:
+    """fn(W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in], x [N, d_in],
+    squared_error [N], dead [d_sae] bool, generator) -> (W_enc, W_dec, b_enc), new tensors: each
+    dead latent i gets W_dec[i] = v = (x_n - b_dec)/||x_n - b_dec|| for an input n drawn with
+    probability ∝ squared_error², W_enc[:, i] = 0.2 · (mean alive column norm of W_enc) · v and
+    b_enc[i] = 0; alive latents unchanged (Bricken et al. 2023)."""
+    name = "check_resample_dead"
+    gen = torch.Generator().manual_seed(0)
+    d_in, d_sae, N, n_dead, n_hard = 16, 64, 400, 32, 4
+    W_enc = 0.5 * torch.randn(d_in, d_sae, generator=gen)
+    W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
+    b_enc = torch.randn(d_sae, generator=gen)
+    b_dec = 2.0 * torch.randn(d_in, generator=gen)       # far from 0: centring matters
+    x = b_dec + torch.randn(N, d_in, generator=gen)
+    squared_error = torch.ones(N)
+    hard = torch.randperm(N, generator=gen)[:n_hard]
+    squared_error[hard] = 100.0                          # 4 inputs the SAE misses badly
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    dead[torch.randperm(d_sae, generator=gen)[:n_dead]] = True
+    alive = ~dead
+    out = _call(name, fn, W_enc, W_dec, b_enc, b_dec, x, squared_error, dead,
+                torch.Generator().manual_seed(1))
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        _fail(name, "return the three new tensors (W_enc, W_dec, b_enc) as a tuple.")
+    new_enc, new_dec, new_b = (_as_tensor(name, t, like).detach()
+                               for t, like in zip(out, (W_enc, W_dec, b_enc)))
+    if not (torch.equal(new_dec[alive], W_dec[alive]) and torch.equal(new_enc[:, alive], W_enc[:, alive])
+            and torch.equal(new_b[alive], b_enc[alive])):
+        _fail(name, "alive latents changed: resample only where `dead` is True (W_dec's rows, "
+                    "W_enc's columns and b_enc's entries of the dead latents).")
+    if torch.equal(new_dec[dead], W_dec[dead]):
+        _fail(name, "the dead latents' decoder rows did not change: set W_dec[dead] to the "
+                    "drawn inputs' directions.")
+    rows = new_dec[dead]
+    if not torch.allclose(rows.norm(dim=-1), torch.ones(n_dead), atol=1e-4):
+        _fail(name, "the new decoder rows are not unit length: v = (x_n - b_dec) / ||x_n - b_dec||.")
+    centred = torch.nn.functional.normalize(x - b_dec, dim=-1)
+    raw = torch.nn.functional.normalize(x, dim=-1)
+    best, drawn = (rows @ centred.T).max(dim=-1)
+    if float(best.min()) < 1 - 1e-4:
+        if float((rows @ raw.T).max(dim=-1).values.min()) > 1 - 1e-4:
+            _fail(name, "your new directions are the raw inputs x_n: subtract b_dec first. The "
+                        "encoder computes (x - b_dec) @ W_enc + b_enc, so the direction it can "
+                        "detect, and the decoder should add back, is x_n - b_dec.")
+        _fail(name, "each dead latent's new decoder row must be one drawn input, centred and "
+                    "normalised: (x_n - b_dec) / ||x_n - b_dec||.")
+    hits = int(torch.isin(drawn, hard).sum())
+    if len(set(drawn.tolist())) == 1:
+        _fail(name, "every dead latent got the same input: draw at random with "
+                    "torch.multinomial(weights, n_dead, replacement=True, generator=generator), "
+                    "not the argmax, or all revived latents start as one direction.")
+    if hits < 27:   # ∝ L²: ~31.7 of 32 draws hit the 4 hard inputs; ∝ L: ~16; uniform: ~0.3
+        hint = ("you drew ∝ the squared error itself; Bricken et al. draw ∝ its *square*, which "
+                "puts almost every draw on the inputs the SAE misses worst" if hits >= 6 else
+                "you drew (nearly) uniformly: draw input n with probability ∝ squared_error[n]², "
+                "so the revived latents point at what the SAE reconstructs worst")
+        _fail(name, f"{hits} of {n_dead} draws hit the {n_hard} inputs with 100x the error "
+                    f"(expected about 31): {hint}.")
+    target = 0.2 * W_enc[:, alive].norm(dim=0).mean()
+    cols = new_enc[:, dead].T                                              # [n_dead, d_in]
+    norms = cols.norm(dim=-1)
+    if float((torch.nn.functional.cosine_similarity(cols, rows, dim=-1) - 1).abs().max()) > 1e-4:
+        _fail(name, "each new encoder column must point along its new decoder row v: "
+                    "W_enc[:, i] = scale · v (mind the transpose: W_enc is [d_in, d_sae]).")
+    if not torch.allclose(norms, target.expand(n_dead), rtol=1e-4):
+        ratio = float(norms.mean() / (target / 0.2))
+        hint = ("you used the alive columns' mean norm without the factor 0.2: the revived "
+                "latent should start small beside the alive ones" if math.isclose(ratio, 1, rel_tol=1e-3)
+                else f"the column norm is {float(norms.mean()):.4f}; it should be 0.2 x the mean "
+                     f"norm of the *alive* columns of W_enc ({float(target):.4f})")
+        _fail(name, hint + ".")
+    if not torch.equal(new_b[dead], torch.zeros(n_dead)):
+        _fail(name, "set b_enc of the resampled latents to 0: the old bias was part of what kept "
+                    "the latent from firing.")
+    _passed(name, f"only dead latents changed; {hits}/{n_dead} draws on the 4 worst inputs (∝ L²); "
+                  "centred unit decoder rows; encoder columns at 0.2 x the alive norm; b_enc 0")
 
 
 # --- Notebook 04 part 2: shrinkage on real activations ---------------------------------------------

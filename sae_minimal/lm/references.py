@@ -91,7 +91,8 @@ def _card(folder: str) -> dict:
 
 def reference_card(folder: str | Path = REFERENCE_DIR) -> dict:
     """The card: {"hook", "model", "model_fingerprint", ..., "saes": {name: {"class", "config",
-    "tokens", "seeds", "runs": {"<tokens>/seed<i>": metrics and training curve}, "converged"}}}.
+    "tokens", "seeds", "runs": {"<tokens>/seed<i>": metrics and training curve}, "converged"}},
+    "ladders": [{"hardware", "note", "runs": {name: {"<tokens>/seed<i>": metrics}}}]}.
     "seeds" are the runs' random seeds; "seed<i>" in run keys and in twin names ("<name>-seed1")
     counts them: seed0 is the first, seed1 its twin."""
     return _card(str(folder))
@@ -218,25 +219,29 @@ def card_markdown(card: dict) -> str:
             lines.append(f"| {name} | {settings if final else ''} | "
                          f"{tokens:,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
                          f"{_cells(run)} | {mmcs} | {verdict} |")
-    if "ladder" in card:
-        lines += _ladder_markdown(card["ladder"])
+    for ladder in card.get("ladders", []):
+        lines += _ladder_markdown(ladder)
     return "\n".join(lines) + "\n"
 
 
 def _ladder_markdown(ladder: dict) -> list[str]:
-    """The card's ladder: held-out metrics of runs at growing budgets, weights not shipped."""
-    lines = ["", "## Convergence ladder", "", ladder["note"], "",
+    """One of the card's ladders ({"hardware", "note", "runs"}): held-out metrics of runs at
+    growing budgets, weights not shipped; MMCS where both seeds' weights were at hand."""
+    lines = ["", f"## Convergence ladder ({ladder['hardware']})", "", ladder["note"], "",
              "| SAE | tokens | FVU seed0 / seed1 | FVU change from half the tokens | L0 | dead "
-             "| dense | CE recovered | KL |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| dense | CE recovered | KL | MMCS to twin | MMCS change |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, runs in ladder["runs"].items():
         firsts, twins = seed_runs(runs, 0), seed_runs(runs, 1)
         for tokens, run in firsts.items():
             twin, half = twins.get(tokens), firsts.get(tokens // 2)
             change = f"{run['fvu'] / half['fvu'] - 1:+.1%}" if half else ""
+            mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
+            mmcs_change = (f"{run['mmcs'] / half['mmcs'] - 1:+.1%}"
+                           if mmcs and half and "mmcs" in half else "")
             lines.append(f"| {name} | {tokens:,} | {run['fvu']:.4f}"
                          + (f" / {twin['fvu']:.4f}" if twin else "") + f" | {change} | "
-                         f"{_cells(run)} |")
+                         f"{_cells(run)} | {mmcs} | {mmcs_change} |")
     return lines
 
 
