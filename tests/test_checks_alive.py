@@ -70,6 +70,21 @@ def test_auxk_checker_passes_the_solution_and_names_each_mistake(capsys):
         fails_with(checks.check_auxk_loss, lambda *a, s=switch: auxk(*a, **{s: False if s in (
             "only_dead", "relu", "normalise", "detach", "scaled") else True}), hint)
     fails_with(checks.check_auxk_loss, lambda *a: auxk(*a, batch_sum=True), "summed over the batch")
+
+    def targets_x(x, x_hat, pre, dead, W_dec, k_aux):        # ê reconstructs x, not e
+        e = (x - x_hat).detach()
+        code = torch.zeros_like(pre)
+        top = pre.masked_fill(~dead, -1e9).topk(min(k_aux, int(dead.sum())), dim=-1)
+        e_hat = code.scatter(-1, top.indices, top.values.relu()) @ W_dec
+        return min(1.0, int(dead.sum()) / k_aux) * (x - e_hat).square().sum(1).mean() / e.var(0, unbiased=False).sum()
+    fails_with(checks.check_auxk_loss, targets_x, "not x itself")
+
+    def compacted(x, x_hat, pre, dead, W_dec, k_aux):       # indices into pre[:, dead], unmapped
+        e = (x - x_hat).detach()
+        values, indices = pre[:, dead].topk(min(k_aux, int(dead.sum())), dim=-1)
+        e_hat = torch.einsum("bk,bkd->bd", values.relu(), W_dec[indices])
+        return min(1.0, int(dead.sum()) / k_aux) * (e - e_hat).square().sum(1).mean() / e.var(0, unbiased=False).sum()
+    fails_with(checks.check_auxk_loss, compacted, "fetched the wrong")
     fails_with(checks.check_auxk_loss, lambda *a: auxk(*a).item(), "0-d tensor")
     fails_with(checks.check_auxk_loss, lambda *a: 2 * auxk(*a), "expected")
 
@@ -100,6 +115,13 @@ def test_resample_checker_passes_the_solution_and_names_each_mistake(capsys):
     fails_with(C, lambda *a: resample(*a, argmax=True), "same input")
     fails_with(C, lambda *a: resample(*a, touch_alive=True), "alive latents changed")
     fails_with(C, lambda *a: resample(*a)[:2], "as a tuple")
+
+    def untransposed(W_enc, W_dec, b_enc, b_dec, x, squared_error, dead, generator=None):
+        W_enc = W_enc.clone()
+        v = F.normalize(x[:int(dead.sum())] - b_dec, dim=-1)
+        W_enc[:, dead] = v                                    # [n_dead, d_in] into [d_in, n_dead]
+        return W_enc, W_dec, b_enc
+    fails_with(C, untransposed, "W_enc\\[:, dead\\] = scale \\* v.T")
     fails_with(C, lambda W_enc, W_dec, b_enc, *a: (W_enc, W_dec, b_enc), "did not change")
 
 

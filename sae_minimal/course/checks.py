@@ -666,7 +666,8 @@ def check_matryoshka_loss(fn: Callable) -> None:
 # --- Notebook 04 part 2: keeping latents alive -----------------------------------------------------
 def _auxk_reference(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, W_dec: Tensor,
                     k_aux: int, *, relu: bool = True, only_dead: bool = True,
-                    normalise: str = "e", scaled: bool = True, detach: bool = True) -> Tensor:
+                    normalise: str = "e", scaled: bool = True, detach: bool = True,
+                    target: str = "e", map_back: bool = True) -> Tensor:
     """The AuxK term without α (Gao et al. 2024, sec. 2.4); the keywords build the wrong answers
     the checker names. Equals ``topk.auxk_loss / (α · Var(x))`` (tests/test_checks_alive.py)."""
     n_dead = int(dead.sum())
@@ -674,13 +675,16 @@ def _auxk_reference(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, W_dec: 
         return pre.new_zeros(())
     e = (x - x_hat).detach() if detach else x - x_hat
     scores = pre.masked_fill(~dead, float("-inf")) if only_dead else pre
+    if not map_back:                    # topk over pre[:, dead], its indices used on W_dec as is
+        scores = pre[:, dead]
     values, indices = scores.topk(min(k_aux, n_dead) if only_dead else k_aux, dim=-1)
     values = values.relu() if relu else values
     e_hat = (values.unsqueeze(-1) * W_dec[indices]).sum(1)                  # [B, d_in]
     var = {"e": (e - e.mean(0)).pow(2).sum(-1).mean(),
            "x": (x - x.mean(0)).pow(2).sum(-1).mean(), "none": 1.0}[normalise]
     scale = min(n_dead / k_aux, 1.0) if scaled else 1.0
-    return scale * (e - e_hat).pow(2).sum(-1).mean() / var
+    goal = e if target == "e" else x
+    return scale * (goal - e_hat).pow(2).sum(-1).mean() / var
 
 
 def _auxk_case(seed: int, n_dead: int, *, B: int = 48, d_in: int = 8, d_sae: int = 24):
@@ -718,7 +722,9 @@ def check_auxk_loss(fn: Callable) -> None:
     if not math.isclose(value, float(want), rel_tol=1e-4):
         wrong = {k: float(_auxk_reference(x, x_hat, pre, dead, W_dec, k_aux, **kw).detach())
                  for k, kw in {"alive": dict(only_dead=False), "relu": dict(relu=False),
-                               "none": dict(normalise="none"), "x": dict(normalise="x")}.items()}
+                               "none": dict(normalise="none"), "x": dict(normalise="x"),
+                               "target x": dict(target="x"),
+                               "compacted": dict(map_back=False)}.items()}
         wrong["sum"] = float(want) * len(x)
         hints = {
             "alive": "you took the k_aux largest pre-activations of *all* latents. AuxK uses only "
@@ -733,6 +739,12 @@ def check_auxk_loss(fn: Callable) -> None:
             "x": "you divided by the variance of x; AuxK's target is e = x - x̂, so divide by "
                  "Var(e) = mean_b ||e_b - ē||².",
             "sum": "you summed over the batch; average over it (sum over d_in, mean over rows).",
+            "target x": "ê must reconstruct the residual e = x - x_hat (what the main model "
+                        "misses), not x itself.",
+            "compacted": "your topk ran over pre[:, dead], so its indices count the dead latents "
+                         "only (0 = the first dead latent), and W_dec[indices] fetched the wrong "
+                         "rows. Map them back (dead.nonzero()[indices]) or keep all d_sae columns "
+                         "and set the alive ones to -inf.",
         }
         _name_the_mistake(name, value, wrong, hints, rel_tol=1e-4)
         _fail(name, f"expected {float(want):.5f}, got {value:.5f} (10 of 24 latents dead, "
@@ -797,8 +809,13 @@ def check_resample_dead(fn: Callable) -> None:
     dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[torch.randperm(d_sae, generator=gen)[:n_dead]] = True
     alive = ~dead
-    out = _call(name, fn, W_enc, W_dec, b_enc, b_dec, x, squared_error, dead,
-                torch.Generator().manual_seed(1))
+    try:
+        out = _call(name, fn, W_enc, W_dec, b_enc, b_dec, x, squared_error, dead,
+                    torch.Generator().manual_seed(1))
+    except RuntimeError as e:      # mostly a shape mismatch in the writes
+        _fail(name, f"your function raised RuntimeError: {e}. Mind the shapes: the drawn "
+                    f"directions v are [n_dead, d_in]; W_dec[dead] takes v, and W_enc "
+                    f"[d_in, d_sae] takes them as columns, W_enc[:, dead] = scale * v.T.")
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         _fail(name, "return the three new tensors (W_enc, W_dec, b_enc) as a tuple.")
     new_enc, new_dec, new_b = (_as_tensor(name, t, like).detach()
