@@ -35,14 +35,15 @@ def auxk(x, x_hat, pre, dead, W_dec, k_aux, *, detach=True, only_dead=True, relu
 
 
 def resample(W_enc, W_dec, b_enc, b_dec, x, squared_error, dead, generator=None, *, power=2,
-             centre=True, factor=0.2, zero_bias=True, argmax=False, touch_alive=False):
+             centre=True, factor=0.2, zero_bias=True, argmax=False, touch_alive=False,
+             replacement=True):
     W_enc, W_dec, b_enc = W_enc.clone(), W_dec.clone(), b_enc.clone()
     n_dead = int(dead.sum())
     if n_dead == 0:
         return W_enc, W_dec, b_enc
     weights = squared_error ** power
     drawn = (weights.argmax().repeat(n_dead) if argmax else
-             torch.multinomial(weights, n_dead, replacement=True, generator=generator))
+             torch.multinomial(weights, n_dead, replacement=replacement, generator=generator))
     v = F.normalize(x[drawn] - (b_dec if centre else 0), dim=-1)
     scale = factor * W_enc[:, ~dead].norm(dim=0).mean()
     W_dec[dead] = v
@@ -70,6 +71,18 @@ def test_auxk_checker_passes_the_solution_and_names_each_mistake(capsys):
         fails_with(checks.check_auxk_loss, lambda *a, s=switch: auxk(*a, **{s: False if s in (
             "only_dead", "relu", "normalise", "detach", "scaled") else True}), hint)
     fails_with(checks.check_auxk_loss, lambda *a: auxk(*a, batch_sum=True), "summed over the batch")
+
+    def denominator(kind):                                    # Var(e) written three wrong ways
+        def fn(x, x_hat, pre, dead, W_dec, k_aux):
+            e = (x - x_hat).detach()
+            wrong = {"uncentred": e.square().sum(1).mean(), "elements": e.var(), "unbiased": e.var(0).sum()}[kind]
+            return auxk(x, x_hat, pre, dead, W_dec, k_aux) * e.var(0, unbiased=False).sum() / wrong
+        return fn
+    fails_with(checks.check_auxk_loss, denominator("uncentred"), "subtracts the batch mean")
+    fails_with(checks.check_auxk_loss, denominator("elements"), "variance of all B")
+    fails_with(checks.check_auxk_loss, denominator("unbiased"), "divides by B - 1")
+    fails_with(checks.check_auxk_loss, lambda x, h, p, dead, W, k: auxk(x, h, p, dead, W, k, scaled=False)
+               * int(dead.sum()) / k, "cap it at")
 
     def targets_x(x, x_hat, pre, dead, W_dec, k_aux):        # ê reconstructs x, not e
         e = (x - x_hat).detach()
@@ -113,6 +126,7 @@ def test_resample_checker_passes_the_solution_and_names_each_mistake(capsys):
     fails_with(C, lambda *a: resample(*a, factor=1.0), "without the factor 0.2")
     fails_with(C, lambda *a: resample(*a, zero_bias=False), "b_enc of the resampled latents to 0")
     fails_with(C, lambda *a: resample(*a, argmax=True), "same input")
+    fails_with(C, lambda *a: resample(*a, replacement=False), "with replacement")
     fails_with(C, lambda *a: resample(*a, touch_alive=True), "alive latents changed")
     fails_with(C, lambda *a: resample(*a)[:2], "as a tuple")
 

@@ -681,7 +681,9 @@ def _auxk_reference(x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor, W_dec: 
     values = values.relu() if relu else values
     e_hat = (values.unsqueeze(-1) * W_dec[indices]).sum(1)                  # [B, d_in]
     var = {"e": (e - e.mean(0)).pow(2).sum(-1).mean(),
-           "x": (x - x.mean(0)).pow(2).sum(-1).mean(), "none": 1.0}[normalise]
+           "x": (x - x.mean(0)).pow(2).sum(-1).mean(), "none": 1.0,
+           "e uncentred": e.pow(2).sum(-1).mean(), "e elements": e.var(),
+           "e unbiased": e.var(0).sum()}[normalise]
     scale = min(n_dead / k_aux, 1.0) if scaled else 1.0
     goal = e if target == "e" else x
     return scale * (goal - e_hat).pow(2).sum(-1).mean() / var
@@ -724,8 +726,12 @@ def check_auxk_loss(fn: Callable) -> None:
                  for k, kw in {"alive": dict(only_dead=False), "relu": dict(relu=False),
                                "none": dict(normalise="none"), "x": dict(normalise="x"),
                                "target x": dict(target="x"),
-                               "compacted": dict(map_back=False)}.items()}
+                               "compacted": dict(map_back=False),
+                               "uncentred": dict(normalise="e uncentred"),
+                               "elements": dict(normalise="e elements"),
+                               "unbiased": dict(normalise="e unbiased")}.items()}
         wrong["sum"] = float(want) * len(x)
+        wrong["unclamped"] = float(want) * int(dead.sum()) / k_aux
         hints = {
             "alive": "you took the k_aux largest pre-activations of *all* latents. AuxK uses only "
                      "the dead ones (set the others to -inf before topk, e.g. "
@@ -741,6 +747,17 @@ def check_auxk_loss(fn: Callable) -> None:
             "sum": "you summed over the batch; average over it (sum over d_in, mean over rows).",
             "target x": "ê must reconstruct the residual e = x - x_hat (what the main model "
                         "misses), not x itself.",
+            "uncentred": "your denominator is mean_b ||e_b||²; Var(e) subtracts the batch mean "
+                         "first: mean_b ||e_b - ē||² with ē = e.mean(0).",
+            "elements": "you divided by e.var(), the variance of all B·d_in numbers around one "
+                        "scalar mean; Var(e) here is mean_b ||e_b - ē||² (summed over d_in, "
+                        "ē = e.mean(0)), d_in times larger.",
+            "unbiased": "you divided by e.var(0).sum(), which divides by B - 1; use the batch "
+                        "mean, 1/B: (e - e.mean(0)).pow(2).sum(-1).mean() (or "
+                        "e.var(0, unbiased=False).sum()).",
+            "unclamped": f"you scaled by n_dead / k_aux = {int(dead.sum()) / k_aux:g}; cap it at "
+                         "1: min(n_dead / k_aux, 1). More dead latents than k_aux should not make "
+                         "the term stronger than the paper's.",
             "compacted": "your topk ran over pre[:, dead], so its indices count the dead latents "
                          "only (0 = the first dead latent), and W_dec[indices] fetched the wrong "
                          "rows. Map them back (dead.nonzero()[indices]) or keep all d_sae columns "
@@ -841,6 +858,11 @@ def check_resample_dead(fn: Callable) -> None:
         _fail(name, "each dead latent's new decoder row must be one drawn input, centred and "
                     "normalised: (x_n - b_dec) / ||x_n - b_dec||.")
     hits = int(torch.isin(drawn, hard).sum())
+    if len(set(drawn.tolist())) == n_dead and hits <= n_hard:
+        _fail(name, f"all {n_dead} draws are different inputs, so at most {n_hard} of them can be "
+                    f"the {n_hard} inputs with 100x the error: draw with replacement "
+                    "(torch.multinomial(..., replacement=True)), so a badly reconstructed input "
+                    "can revive several latents.")
     if len(set(drawn.tolist())) == 1:
         _fail(name, "every dead latent got the same input: draw at random with "
                     "torch.multinomial(weights, n_dead, replacement=True, generator=generator), "
