@@ -857,13 +857,13 @@ def check_resample_dead(fn: Callable) -> None:
                         "detect, and the decoder should add back, is x_n - b_dec.")
         _fail(name, "each dead latent's new decoder row must be one drawn input, centred and "
                     "normalised: (x_n - b_dec) / ||x_n - b_dec||.")
-    hits = int(torch.isin(drawn, hard).sum())
-    if len(set(drawn.tolist())) == n_dead and hits <= n_hard:
+    hits, distinct = int(torch.isin(drawn, hard).sum()), len(set(drawn.tolist()))
+    if distinct == n_dead and hits <= n_hard:
         _fail(name, f"all {n_dead} draws are different inputs, so at most {n_hard} of them can be "
                     f"the {n_hard} inputs with 100x the error: draw with replacement "
                     "(torch.multinomial(..., replacement=True)), so a badly reconstructed input "
                     "can revive several latents.")
-    if len(set(drawn.tolist())) == 1:
+    if distinct == 1:
         _fail(name, "every dead latent got the same input: draw at random with "
                     "torch.multinomial(weights, n_dead, replacement=True, generator=generator), "
                     "not the argmax, or all revived latents start as one direction.")

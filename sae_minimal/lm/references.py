@@ -235,14 +235,20 @@ def _ladder_markdown(ladder: dict) -> list[str]:
         firsts, twins = seed_runs(runs, 0), seed_runs(runs, 1)
         for tokens, run in firsts.items():
             twin, half = twins.get(tokens), firsts.get(tokens // 2)
-            change = f"{run['fvu'] / half['fvu'] - 1:+.1%}" if half else ""
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
-            mmcs_change = (f"{run['mmcs'] / half['mmcs'] - 1:+.1%}"
-                           if mmcs and half and "mmcs" in half else "")
             lines.append(f"| {name} | {tokens:,} | {run['fvu']:.4f}"
-                         + (f" / {twin['fvu']:.4f}" if twin else "") + f" | {change} | "
-                         f"{_cells(run)} | {mmcs} | {mmcs_change} |")
+                         + (f" / {twin['fvu']:.4f}" if twin else "")
+                         + f" | {_change(run, half, 'fvu')} | {_cells(run)} | {mmcs} | "
+                         f"{_change(run, half, 'mmcs')} |")
     return lines
+
+
+def _change(run: dict, half: dict | None, key: str) -> str:
+    """run[key]'s relative change from the run at half the tokens, as "+1.2%" ("" if either
+    lacks it)."""
+    if not half or key not in run or key not in half:
+        return ""
+    return f"{run[key] / half[key] - 1:+.1%}"
 
 
 __all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
