@@ -59,17 +59,24 @@ def _call(name: str, fn: Callable, *args):
     """fn(*args) on private copies of the arguments, within CALL_TIMEOUT_S seconds. A function that
     changes an argument in place fails: the checker's reference is computed from the originals, so
     it cannot be fooled by it, and the learner's training code would be corrupted by it."""
+    # Tensor.clone keeps the autograd link, so gradients still reach the originals
     copies = [arg.clone() if isinstance(arg, Tensor) else copy.deepcopy(arg) for arg in args]
-    try:   # Tensor.clone keeps the autograd link, so gradients still reach the originals
-        out = _within_time_limit(name, fn, copies)
-    except NotImplementedError:
-        raise CheckFailed(f"{name}: your function raised NotImplementedError -- replace the stub "
-                          "`raise NotImplementedError()` with your solution.") from None
+    out = _run(name, fn, copies)
     for position, (arg, mine) in enumerate(zip(args, copies)):
         if not _same(arg, mine):
             _fail(name, f"your function changed its argument {_arg_name(fn, position)} in place "
                         f"{_IN_PLACE[Tensor if isinstance(arg, Tensor) else object]}")
     return out
+
+
+def _run(name: str, fn: Callable, args: list):
+    """fn(*args) as given (no copies: ``_call`` makes them), within CALL_TIMEOUT_S seconds, with
+    the stub's NotImplementedError turned into a hint."""
+    try:
+        return _within_time_limit(name, fn, args)
+    except NotImplementedError:
+        raise CheckFailed(f"{name}: your function raised NotImplementedError -- replace the stub "
+                          "`raise NotImplementedError()` with your solution.") from None
 
 
 _IN_PLACE = {   # how an argument of each kind gets changed, and what to do instead
@@ -935,6 +942,146 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
     _passed(name, f"γ = {want:.3f} for a reconstruction shrunk to 0.7x around a large offset "
                   "(uncentred it would read "
                   f"{wrong['uncentred']:.3f})")
+
+
+# --- Notebook 04 part 2: CE loss recovered, by splicing -------------------------------------------
+def _ce_with(model, hook_name: str, tokens: Tensor, new: Callable | None = None, *,
+             first: int = 1, bos_prediction: bool = False) -> float:
+    """Mean next-token CE (nats) of ``model`` on tokens [n, L], with the activation [n, L, d] at
+    ``hook_name`` replaced by new(act) at positions ``first``: (None: the clean model), averaged
+    over the predictions made at positions 1 .. L-2 (0 .. L-2 with ``bos_prediction``)."""
+    def replace(act: Tensor, hook) -> Tensor:
+        act = act.clone()
+        act[:, first:] = new(act)[:, first:]
+        return act
+
+    hooks = [] if new is None else [(hook_name, replace)]
+    loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True,
+                                fwd_hooks=hooks)                      # [n, L-1]
+    return float((loss if bos_prediction else loss[:, 1:]).mean())
+
+
+def _n_hooks(model: torch.nn.Module) -> int:
+    """Forward hooks attached to the model's modules (transformer-lens's among them)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+_CE_KEYS = ("clean", "spliced", "zero")
+
+
+def check_ce_loss_recovered(fn: Callable, model, sae, hook_name: str, tokens: Tensor) -> None:
+    """fn(model, sae, hook_name, tokens [n, L]) -> {"clean", "spliced", "zero", "recovered"}: the
+    mean next-token CE (nats) of the clean model, with x̂ = sae(x).x_hat spliced in at
+    ``hook_name``, and with x zeroed there (positions 1: only, BOS kept; the prediction made at
+    BOS left out of the mean), and (zero - spliced) / (zero - clean). Runs on the caller's model:
+    as ``sae_minimal.lm.evaluation.splice_eval`` does (tests/test_checks_splice.py)."""
+    name = "check_ce_loss_recovered"
+    splice = lambda act: sae(act).x_hat                                  # noqa: E731
+    with torch.no_grad():
+        want = {"clean": _ce_with(model, hook_name, tokens),
+                "spliced": _ce_with(model, hook_name, tokens, splice),
+                "zero": _ce_with(model, hook_name, tokens, torch.zeros_like)}
+        hooks_before = _n_hooks(model)
+        # the caller's model itself, not a copy: a hook left on it is a mistake to catch
+        got = _run(name, fn, [model, sae, hook_name, tokens.clone()])
+        if _n_hooks(model) > hooks_before:
+            model.reset_hooks()
+            _fail(name, "your function left a hook attached to the model, so every later cell "
+                        "would run with your replacement still in place (the checker has now "
+                        "removed it with model.reset_hooks()). Use model.run_with_hooks(..., "
+                        "fwd_hooks=[(hook_name, fn)]), which removes its hooks when it returns.")
+        if not math.isclose(_ce_with(model, hook_name, tokens), want["clean"], abs_tol=1e-5):
+            _fail(name, "the model's clean loss differs after your function ran: it changed the "
+                        "model's weights. Re-create the lab (restart the kernel) and leave the "
+                        "model as it is: replace activations in a hook, never parameters.")
+    if not isinstance(got, dict) or not set(_CE_KEYS + ("recovered",)) <= set(got):
+        keys = sorted(got) if isinstance(got, dict) else type(got).__name__
+        _fail(name, "return a dict with the keys 'clean', 'spliced', 'zero' (mean CE, nats) and "
+                    f"'recovered', got {keys}.")
+    got = {key: _as_float(f"{name} ({key!r})", got[key]) for key in _CE_KEYS + ("recovered",)}
+    _check_splice_ces(name, got, want, model, sae, hook_name, tokens, splice)
+    clean, spliced, zero = (want[key] for key in _CE_KEYS)
+    recovered = _check_recovered(name, got["recovered"], clean, spliced, zero)
+    _passed(name, f"on {len(tokens)} windows: clean {clean:.3f}, spliced {spliced:.3f}, "
+                  f"zero-ablated {zero:.3f} nats; recovered "
+                  + (f"{recovered:.3f}" if recovered is not None else "undefined (no gap)")
+                  + " (splice_eval computes the same)")
+
+
+def _check_splice_ces(name: str, got: dict, want: dict, model, sae, hook_name: str,
+                      tokens: Tensor, splice: Callable) -> None:
+    """Fail, naming the mistake, unless the three CEs in ``got`` equal ``want``."""
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
+
+    wrong = [key for key in _CE_KEYS if not close(got[key], want[key])]
+    if not wrong:
+        return
+    new = {"clean": None, "spliced": splice, "zero": torch.zeros_like}
+    with torch.no_grad():
+        with_bos = {key: _ce_with(model, hook_name, tokens, new[key], bos_prediction=True)
+                    for key in wrong}
+        if all(close(got[key], with_bos[key]) for key in wrong):
+            _fail(name, f"your {', '.join(wrong)} CE averages the prediction made at BOS too. "
+                        "loss_per_token=True gives [n, L-1] losses, the t-th predicting token "
+                        "t+1; drop the first column ([:, 1:]): the prediction made at BOS reads "
+                        "no replaced activation, so it only dilutes the difference.")
+        if "clean" in wrong:
+            _fail(name, f"your clean CE is {got['clean']:.4f} nats, expected {want['clean']:.4f}: "
+                        "run the model with no hook, return_type='loss', loss_per_token=True, "
+                        "and average [:, 1:].")
+        for key in wrong:
+            if close(got[key], want["clean"]):
+                _fail(name, f"your {key} CE equals the clean one: your hook did not change the "
+                            "activation. Return the new activation from the hook function "
+                            "(fn(act, hook) -> act), built from a copy (act.clone()).")
+            if close(got[key], _ce_with(model, hook_name, tokens, new[key], first=0)):
+                _fail(name, f"your {key} run also replaced position 0, the BOS token. Its "
+                            "residual stream is many times larger than the others' and no SAE "
+                            "was trained on it (the activations were cached without it), so the "
+                            "chapter's convention keeps it: replace act[:, 1:] only.")
+        if "zero" in wrong:
+            _, cache = model.run_with_cache(tokens, names_filter=hook_name)
+            x = cache[hook_name][:, 1:]                                   # [n, L-1, d]
+            mean = x.reshape(-1, x.shape[-1]).mean(0)
+            if close(got["zero"], _ce_with(model, hook_name, tokens, lambda a: mean.expand_as(a))):
+                _fail(name, "your 'zero' CE is the *mean*-ablated one: replace the activation by "
+                            "zeros (torch.zeros_like). Mean-ablation is the other baseline, "
+                            "printed after the exercise.")
+        if "spliced" in wrong and close(got["spliced"], want["zero"]):
+            _fail(name, "your spliced CE equals the zero-ablated one: splice x_hat = "
+                        "sae(act).x_hat, the SAE's reconstruction, not its latents or zeros.")
+    key = wrong[0]
+    _fail(name, f"your {key} CE is {got[key]:.4f} nats, expected {want[key]:.4f}. Replace "
+                "act[:, 1:] at hook_name (BOS kept) and average loss_per_token[:, 1:].")
+
+
+def _check_recovered(name: str, got: float, clean: float, spliced: float,
+                     zero: float) -> float | None:
+    """(zero - spliced) / (zero - clean), after failing unless ``got`` equals it; None (and no
+    check) where zero-ablation does not move the loss (a random model)."""
+    gap = zero - clean
+    if abs(gap) < 1e-4:
+        return None
+    want = (zero - spliced) / gap
+    if math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-4):
+        return want
+    wrong = {"inverted": (spliced - clean) / gap, "over zero": (zero - spliced) / zero,
+             "ratio": clean / spliced, "delta": spliced - clean}
+    hints = {
+        "inverted": "you returned the share of the gap *lost*, (spliced - clean) / (zero - "
+                    "clean) = 1 - recovered: recovered is (zero - spliced) / (zero - clean), "
+                    "1 when splicing costs nothing, 0 when it is as bad as zeroing the layer.",
+        "over zero": "divide by the gap zero - clean, not by zero: recovered is the share of "
+                     "the loss that ablating the layer adds which the SAE wins back.",
+        "ratio": "recovered is not clean / spliced: it compares the spliced loss with both "
+                 "ends, (zero - spliced) / (zero - clean).",
+        "delta": "that is ΔCE, spliced - clean (printed after the exercise); recovered is "
+                 "(zero - spliced) / (zero - clean).",
+    }
+    _name_the_mistake(name, got, wrong, hints, rel_tol=1e-4, abs_tol=1e-4)
+    _fail(name, f"with your CEs, recovered = (zero - spliced) / (zero - clean) = {want:.4f}, "
+                f"but you returned {got:.4f}.")
 
 
 # --- Notebook 05: the steering hook ----------------------------------------------------------------
