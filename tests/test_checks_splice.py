@@ -27,8 +27,8 @@ def setup():
     return model, load_reference("topk-k16-512"), load_tokens(model, 4, split="held_out")
 
 
-def answer(model, sae, hook_name, tokens, *, touch_bos=False, bos_prediction=False,
-           baseline="zero", returns=True, formula="right"):
+def answer(model, sae, hook_name, tokens, *, touch_bos=False, columns=slice(1, None),
+           baseline="zero", returns=True, formula="right", strip_bos=False, per_window=False):
     """A learner's answer, with switches for the mistakes: written with ``model.hooks`` and a
     plain forward, not the checker's ``run_with_hooks``."""
     first = 0 if touch_bos else 1
@@ -44,11 +44,17 @@ def answer(model, sae, hook_name, tokens, *, touch_bos=False, bos_prediction=Fal
             return out if returns else None
         with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name, hook)] if new else []):
             loss = model(tokens, return_type="loss", loss_per_token=True)
-        return (loss if bos_prediction else loss[:, 1:]).mean().item()
+        return loss[:, columns].mean().item()
+
+    if strip_bos:
+        tokens = tokens[:, 1:]
+    if per_window:    # the mean of each window's answer: recovered becomes a mean of ratios
+        rows = [answer(model, sae, hook_name, tokens[i:i + 1]) for i in range(len(tokens))]
+        return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
     zero_fn = torch.zeros_like if baseline == "zero" else (lambda a: mean.expand_as(a))
     c, s, z = ce(), ce(lambda a: sae(a).x_hat), ce(zero_fn)
-    gap = (z - c) or float("nan")     # no gap when the hook changes nothing
+    gap = z - c if returns else float("nan")     # no gap when the hook changes nothing
     recovered = {"right": (z - s) / gap, "inverted": (s - c) / gap,
                  "over zero": (z - s) / z, "ratio": c / s, "delta": s - c}[formula]
     return {"clean": c, "spliced": s, "zero": z, "recovered": recovered}
@@ -75,7 +81,10 @@ def test_checker_agrees_with_splice_eval(setup, capsys):
 
 
 @pytest.mark.parametrize("kw, hint", [
-    (dict(bos_prediction=True), "prediction made at BOS"),
+    (dict(columns=slice(None)), "prediction made at BOS"),
+    (dict(columns=slice(None, -1)), "drops the last column"),
+    (dict(strip_bos=True), "tokens without their BOS"),
+    (dict(per_window=True), "a ratio of means"),
     (dict(touch_bos=True), "also replaced position 0"),
     (dict(baseline="mean"), "*mean*-ablated"),
     (dict(returns=False), "did not change the activation"),
@@ -145,3 +154,24 @@ def test_a_function_that_never_returns_is_stopped(setup, monkeypatch):
     with pytest.raises(CheckFailed, match="did not return within 0.2 s"):
         check_ce_loss_recovered(spin, model, sae, HOOK, tokens)
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_division_by_zero_in_the_answer_is_explained(setup):
+    model, sae, tokens = setup
+
+    def divides(*a):
+        right = answer(*a, returns=False)
+        return {**right, "recovered": 1 / (right["zero"] - right["clean"])}
+    with pytest.raises(CheckFailed, match="divided by zero: .* Does your hook return"):
+        check_ce_loss_recovered(divides, model, sae, HOOK, tokens)
+
+
+def test_numpy_and_tensor_numbers_are_accepted(setup, capsys):
+    np = pytest.importorskip("numpy")
+    model, sae, tokens = setup
+    check_ce_loss_recovered(lambda *a: {k: np.float32(v) if k == "recovered" else torch.tensor(v)
+                                        for k, v in answer(*a).items()},
+                            model, sae, HOOK, tokens)
+    assert capsys.readouterr().out.startswith("PASSED")
+    with pytest.raises(CheckFailed, match="return a float, got str"):
+        check_ce_loss_recovered(lambda *a: {**answer(*a), "zero": "8.9"}, model, sae, HOOK, tokens)

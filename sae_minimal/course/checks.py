@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import numbers
 import signal
 import threading
 from collections.abc import Callable
@@ -946,10 +947,11 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
 
 # --- Notebook 04 part 2: CE loss recovered, by splicing -------------------------------------------
 def _ce_with(model, hook_name: str, tokens: Tensor, new: Callable | None = None, *,
-             first: int = 1, bos_prediction: bool = False) -> float:
+             first: int = 1, columns: slice = slice(1, None)) -> float:
     """Mean next-token CE (nats) of ``model`` on tokens [n, L], with the activation [n, L, d] at
     ``hook_name`` replaced by new(act) at positions ``first``: (None: the clean model), averaged
-    over the predictions made at positions 1 .. L-2 (0 .. L-2 with ``bos_prediction``)."""
+    over ``columns`` of the [n, L-1] losses: by default the predictions made at positions 1 .. L-2
+    (the one made at BOS left out)."""
     def replace(act: Tensor, hook) -> Tensor:
         act = act.clone()
         act[:, first:] = new(act)[:, first:]
@@ -958,7 +960,7 @@ def _ce_with(model, hook_name: str, tokens: Tensor, new: Callable | None = None,
     hooks = [] if new is None else [(hook_name, replace)]
     loss = model.run_with_hooks(tokens, return_type="loss", loss_per_token=True,
                                 fwd_hooks=hooks)                      # [n, L-1]
-    return float((loss if bos_prediction else loss[:, 1:]).mean())
+    return float(loss[:, columns].mean())
 
 
 def _n_hooks(model: torch.nn.Module) -> int:
@@ -983,7 +985,14 @@ def check_ce_loss_recovered(fn: Callable, model, sae, hook_name: str, tokens: Te
                 "zero": _ce_with(model, hook_name, tokens, torch.zeros_like)}
         hooks_before = _n_hooks(model)
         # the caller's model itself, not a copy: a hook left on it is a mistake to catch
-        got = _run(name, fn, [model, sae, hook_name, tokens.clone()])
+        try:
+            got = _run(name, fn, [model, sae, hook_name, tokens.clone()])
+        except ZeroDivisionError:
+            model.reset_hooks()
+            _fail(name, "your function divided by zero: its zero-ablated CE equals its clean one, "
+                        "so the zero-ablation changed nothing. Does your hook return the new "
+                        "activation (fn(act, hook) -> act, built from act.clone())? A hook that "
+                        "edits a copy and returns None leaves the model as it was.")
         if _n_hooks(model) > hooks_before:
             model.reset_hooks()
             _fail(name, "your function left a hook attached to the model, so every later cell "
@@ -1018,14 +1027,24 @@ def _check_splice_ces(name: str, got: dict, want: dict, model, sae, hook_name: s
     if not wrong:
         return
     new = {"clean": None, "spliced": splice, "zero": torch.zeros_like}
+    columns = {  # the [n, L-1] losses averaged over the wrong columns
+        "averages the prediction made at BOS too": slice(None),
+        "drops the last column of the losses, not the first ([:, :-1] instead of [:, 1:])":
+            slice(None, -1)}
     with torch.no_grad():
-        with_bos = {key: _ce_with(model, hook_name, tokens, new[key], bos_prediction=True)
-                    for key in wrong}
-        if all(close(got[key], with_bos[key]) for key in wrong):
-            _fail(name, f"your {', '.join(wrong)} CE averages the prediction made at BOS too. "
-                        "loss_per_token=True gives [n, L-1] losses, the t-th predicting token "
-                        "t+1; drop the first column ([:, 1:]): the prediction made at BOS reads "
-                        "no replaced activation, so it only dilutes the difference.")
+        for mistake, cols in columns.items():
+            if all(close(got[key], _ce_with(model, hook_name, tokens, new[key], columns=cols))
+                   for key in wrong):
+                _fail(name, f"your {', '.join(wrong)} CE {mistake}. loss_per_token=True gives "
+                            "[n, L-1] losses, the t-th predicting token t+1; average [:, 1:]: "
+                            "the prediction made at BOS reads no replaced activation, so it only "
+                            "dilutes the difference.")
+        if "clean" in wrong and any(
+                close(got["clean"], _ce_with(model, hook_name, tokens[:, 1:], columns=cols))
+                for cols in (slice(None), slice(1, None))):
+            _fail(name, "your clean CE is the model's loss on the tokens without their BOS: "
+                        "keep tokens as they are (BOS at position 0 sets the model up as it was "
+                        "trained) and leave BOS's *activation* unreplaced instead.")
         if "clean" in wrong:
             _fail(name, f"your clean CE is {got['clean']:.4f} nats, expected {want['clean']:.4f}: "
                         "run the model with no hook, return_type='loss', loss_per_token=True, "
@@ -1081,7 +1100,8 @@ def _check_recovered(name: str, got: float, clean: float, spliced: float,
     }
     _name_the_mistake(name, got, wrong, hints, rel_tol=1e-4, abs_tol=1e-4)
     _fail(name, f"with your CEs, recovered = (zero - spliced) / (zero - clean) = {want:.4f}, "
-                f"but you returned {got:.4f}.")
+                f"but you returned {got:.4f}. Compute it once, from the three mean CEs you "
+                "return (a ratio of means), not per window or per token and then averaged.")
 
 
 # --- Notebook 05: the steering hook ----------------------------------------------------------------
@@ -1391,8 +1411,10 @@ def _as_float(name: str, value) -> float:
         if value.numel() != 1:
             _fail(name, f"return one number (a float), got a tensor of shape {tuple(value.shape)}.")
         value = value.item()
-    if not isinstance(value, (int, float)):
-        _fail(name, f"return a float, got {type(value).__name__}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):   # numpy's scalars are Real
+        kind = type(value)
+        kind = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        _fail(name, f"return a float, got {kind}: use float(...).")
     return float(value)
 
 
