@@ -155,13 +155,17 @@ def local_exponent_N(p: dict[str, float], k: float) -> float:
     return -(p["beta_N"] + p["gamma"] * math.log(k))
 
 
-def fit_joint_nk(N, k, L, *, restarts: int = 8, steps: int = 300, seed: int = 0) -> dict:
+def fit_joint_nk(N, k, L, *, restarts: int = 32, steps: int = 300, seed: int = 0,
+                 fixed: dict[str, float] | None = None) -> dict:
     """Fit Gao et al.'s L(N, k) (``joint_nk_law``) to SAEs at several widths N [n] and k [n].
 
     Six parameters: needs at least 7 points spanning at least two values of N and of k. Least
     squares on ln L by L-BFGS from several random starts around Gao et al.'s values; returns the
-    parameters and "rms_log_error". The irreducible term is only pinned down where the curves at
-    fixed k visibly flatten; on a narrow range of N, read the exponents, not ζ and η."""
+    best start's parameters and "rms_log_error", and under "optima" every start's end point
+    (parameters and rms_log_error, best first). Where those differ in their parameters at
+    nearly the same error, the data do not identify the law (on a narrow range of N the
+    irreducible term trades off against the reducible one): read the exponents, not ζ and η.
+    ``fixed`` {key: value}: parameters held at those values (``profile_joint_nk``)."""
     N, L = _points(N, L, min_points=7)
     k = _as_1d("k", k)
     if k.shape != N.shape:
@@ -169,14 +173,21 @@ def fit_joint_nk(N, k, L, *, restarts: int = 8, steps: int = 300, seed: int = 0)
     if (k <= 0).any() or len(torch.unique(k)) < 2:
         raise ValueError("k must be positive and take at least two values (else use "
                          "fit_saturating_power_law at fixed k).")
+    fixed = fixed or {}
+    unknown = sorted(set(fixed) - set(JOINT_KEYS))
+    if unknown:
+        raise ValueError(f"fixed names unknown parameters {unknown}; choose from {JOINT_KEYS}.")
+    held = torch.tensor([key in fixed for key in JOINT_KEYS])
     gen = torch.Generator().manual_seed(seed)
     target = L.log()
-    best, best_err = None, math.inf
+    best, best_err, optima = None, math.inf, []
     for r in range(restarts):
         start = torch.tensor([GAO_JOINT[key] for key in JOINT_KEYS], dtype=torch.float64)
         if r:
             start = start + 0.3 * torch.randn(6, generator=gen, dtype=torch.float64)
         start[4] = math.log(0.5 * float(L.min())) if r % 2 == 0 else start[4]
+        start[held] = torch.tensor([float(fixed[key]) for key in JOINT_KEYS if key in fixed],
+                                   dtype=torch.float64)
         theta = start.clone().requires_grad_(True)
         opt = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -185,6 +196,7 @@ def fit_joint_nk(N, k, L, *, restarts: int = 8, steps: int = 300, seed: int = 0)
             pred = joint_nk_law(N, k, dict(zip(JOINT_KEYS, theta)))
             loss = (pred.log() - target).pow(2).mean()
             loss.backward()
+            theta.grad[held] = 0.0    # no gradient, no L-BFGS step: held parameters stay put
             return loss
 
         try:
@@ -194,12 +206,25 @@ def fit_joint_nk(N, k, L, *, restarts: int = 8, steps: int = 300, seed: int = 0)
         with torch.no_grad():
             err = float((joint_nk_law(N, k, dict(zip(JOINT_KEYS, theta))).log() - target)
                         .pow(2).mean().sqrt())
-        if math.isfinite(err) and err < best_err:
+        if not math.isfinite(err):
+            continue
+        optima.append({**{key: float(v) for key, v in zip(JOINT_KEYS, theta.detach())},
+                       "rms_log_error": err})
+        if err < best_err:
             best, best_err = theta.detach().clone(), err
     if best is None:
         raise RuntimeError("every start of the joint fit diverged: check that L holds losses "
                            "(FVU in (0, 1]), not log-losses or percentages.")
-    return {**{key: float(v) for key, v in zip(JOINT_KEYS, best)}, "rms_log_error": best_err}
+    return {**{key: float(v) for key, v in zip(JOINT_KEYS, best)}, "rms_log_error": best_err,
+            "optima": sorted(optima, key=lambda o: o["rms_log_error"])}
+
+
+def profile_joint_nk(N, k, L, key: str, values, **fit_kw) -> list[dict]:
+    """The joint fit redone with ``key`` held at each of ``values`` (the others fitted): the best
+    rms_log_error the law reaches along that one parameter, a profile. Where the error barely
+    changes across the values, the data do not pin the parameter down, whatever the unconstrained
+    fit's value of it."""
+    return [fit_joint_nk(N, k, L, fixed={key: float(v)}, **fit_kw) for v in values]
 
 
 # --- uncertainty ----------------------------------------------------------------------------------
@@ -284,5 +309,5 @@ def tokens_to_reach(tokens, fvu, target: float, *, window: int = 5) -> float | N
 
 
 __all__ = ["GAO_JOINT", "PowerLawFit", "power_law", "fit_power_law", "fit_saturating_power_law",
-           "joint_nk_law", "local_exponent_N", "fit_joint_nk", "bootstrap_fvu", "bootstrap_fits",
+           "joint_nk_law", "local_exponent_N", "fit_joint_nk", "profile_joint_nk", "bootstrap_fvu", "bootstrap_fits",
            "useful_latents", "tokens_to_reach"]

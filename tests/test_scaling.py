@@ -44,6 +44,25 @@ def test_joint_fit_recovers_local_exponents():
         scaling.GAO_JOINT, 8) > 0
 
 
+def test_joint_fit_keeps_every_optimum_and_holds_fixed_parameters():
+    k = torch.tensor([8.0, 16, 32]).repeat(5)
+    widths = torch.tensor([256.0, 512, 1024, 2048, 4096]).repeat_interleave(3)
+    truth = {**scaling.GAO_JOINT, "alpha": 0.3}
+    L = scaling.joint_nk_law(widths, k, truth)
+    fit = scaling.fit_joint_nk(widths, k, L, restarts=6)
+    errors = [o["rms_log_error"] for o in fit["optima"]]
+    assert len(errors) <= 6 and errors == sorted(errors) and errors[0] == fit["rms_log_error"]
+    # a profile along gamma: held exactly where asked, and worst far from the truth (the data here
+    # span enough of N and k to pin gamma down)
+    profile = scaling.profile_joint_nk(widths, k, L, "gamma", [-0.3, truth["gamma"], 0.2],
+                                       restarts=6)
+    assert [p["gamma"] for p in profile] == [-0.3, truth["gamma"], 0.2]
+    far, near, other = (p["rms_log_error"] for p in profile)
+    assert near < 1e-3 < min(far, other)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        scaling.fit_joint_nk(widths, k, L, fixed={"delta": 0.0})
+
+
 def test_bootstrap_fvu_matches_full_data_on_average_and_keeps_pairing():
     gen = torch.Generator().manual_seed(1)
     dev = torch.rand(1270, generator=gen) + 0.5
