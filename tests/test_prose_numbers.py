@@ -24,6 +24,7 @@ NOT_PRINTED = {   # notebook -> {number: why the prose may quote it}
         "0.0023": "derived: the largest gap between the two seeds' FVU in the ladder table (L1, 8M)",
         "0.0012": "derived: the largest such gap for the TopK family in the ladder table",
         "0.0025": "derived: the largest gap between BatchTopK's and TopK's FVU in the ladder table",
+        "0.0028": "derived: the same gap in the second seed's column",
     },
     "06_feature_splitting": {"2503.17547": "an arXiv identifier"},
     "07_scaling": {"0.056": "quoted from Gao et al.'s Figure 1", "0.084": "the same fit's exponent"},
