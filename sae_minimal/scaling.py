@@ -180,7 +180,7 @@ def fit_joint_nk(N, k, L, *, restarts: int = 32, steps: int = 300, seed: int = 0
     held = torch.tensor([key in fixed for key in JOINT_KEYS])
     gen = torch.Generator().manual_seed(seed)
     target = L.log()
-    best, best_err, optima = None, math.inf, []
+    optima = []
     for r in range(restarts):
         start = torch.tensor([GAO_JOINT[key] for key in JOINT_KEYS], dtype=torch.float64)
         if r:
@@ -210,13 +210,11 @@ def fit_joint_nk(N, k, L, *, restarts: int = 32, steps: int = 300, seed: int = 0
             continue
         optima.append({**{key: float(v) for key, v in zip(JOINT_KEYS, theta.detach())},
                        "rms_log_error": err})
-        if err < best_err:
-            best, best_err = theta.detach().clone(), err
-    if best is None:
+    if not optima:
         raise RuntimeError("every start of the joint fit diverged: check that L holds losses "
                            "(FVU in (0, 1]), not log-losses or percentages.")
-    return {**{key: float(v) for key, v in zip(JOINT_KEYS, best)}, "rms_log_error": best_err,
-            "optima": sorted(optima, key=lambda o: o["rms_log_error"])}
+    optima.sort(key=lambda o: o["rms_log_error"])   # stable: the first start wins a tie
+    return {**optima[0], "optima": optima}
 
 
 def profile_joint_nk(N, k, L, key: str, values, **fit_kw) -> list[dict]:
@@ -309,5 +307,5 @@ def tokens_to_reach(tokens, fvu, target: float, *, window: int = 5) -> float | N
 
 
 __all__ = ["GAO_JOINT", "PowerLawFit", "power_law", "fit_power_law", "fit_saturating_power_law",
-           "joint_nk_law", "local_exponent_N", "fit_joint_nk", "profile_joint_nk", "bootstrap_fvu", "bootstrap_fits",
-           "useful_latents", "tokens_to_reach"]
+           "joint_nk_law", "local_exponent_N", "fit_joint_nk", "profile_joint_nk", "bootstrap_fvu",
+           "bootstrap_fits", "useful_latents", "tokens_to_reach"]
