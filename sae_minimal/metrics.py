@@ -67,6 +67,18 @@ def relative_reconstruction_bias(x: Tensor, x_hat: Tensor, center: Tensor | None
     return float(x_hat.pow(2).sum() / (x_hat * x).sum().clamp_min(1e-12))
 
 
+def f1_from_counts(both: Tensor, n_a: Tensor, n_b: Tensor, empty: float = 0.0) -> Tensor:
+    """F1 = 2·#(a and b) / (#a + #b), the harmonic mean of precision #(a and b)/#a and recall
+    #(a and b)/#b, from counts (tensors of one shape, e.g. [d_sae]: one count per latent; or
+    numbers); ``empty`` where #a + #b = 0. The one F1 behind absorption's main latents,
+    autointerp's rules, feature splitting's overlaps and steering's concept latents."""
+    both, n_a, n_b = (torch.as_tensor(t) for t in (both, n_a, n_b))
+    dtype = both.dtype if both.is_floating_point() else torch.get_default_dtype()
+    den = (n_a + n_b).to(dtype)
+    f1 = 2 * both.to(dtype) / torch.where(den > 0, den, torch.ones_like(den))
+    return torch.where(den > 0, f1, torch.full_like(f1, empty))
+
+
 def cosine_matrix(W_a: Tensor, W_b: Tensor) -> Tensor:
     """[n_a, n_b] cosine similarity between the rows of W_a [n_a, d] and W_b [n_b, d]."""
     if W_a.shape[-1] != W_b.shape[-1]:

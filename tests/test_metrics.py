@@ -19,6 +19,19 @@ def test_l0_density_dead():
     assert metrics.dead_fraction(z) == 0.5
 
 
+def test_f1_from_counts_is_the_harmonic_mean_of_precision_and_recall():
+    a = torch.rand(500, 6) < 0.3                         # where each of 6 latents fires
+    b = torch.rand(500, 6) < 0.2
+    a[:, 5] = b[:, 5] = False                            # neither fires: the empty value
+    both, n_a, n_b = (a & b).sum(0), a.sum(0), b.sum(0)
+    precision, recall = both / n_a.clamp_min(1), both / n_b.clamp_min(1)
+    expected = 2 * precision * recall / (precision + recall)
+    f1 = metrics.f1_from_counts(both, n_a, n_b)
+    assert torch.allclose(f1[:5], expected[:5].float()) and f1[5] == 0
+    assert metrics.f1_from_counts(both, n_a, n_b, empty=float("nan"))[5].isnan()
+    assert float(metrics.f1_from_counts(3, 4, 6)) == pytest.approx(0.6)   # numbers too
+
+
 def test_mmcs_is_one_for_permuted_rescaled_copy_and_asymmetric():
     W = torch.randn(20, 8)
     assert metrics.mmcs(W, 3 * W[torch.randperm(20)]) == pytest.approx(1.0, abs=1e-6)

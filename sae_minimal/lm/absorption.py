@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
+from ..metrics import f1_from_counts
 from .evaluation import codes_of
 from .steering import random_direction
 
@@ -53,15 +54,14 @@ def main_latents(sae, x: Tensor, y: Tensor, max_main: int = 3, min_gain: float =
     "any of them fires" rises by ``min_gain`` or more."""
     y = y.bool()
     tp, fp = firing_counts(sae, x, y)
-    f1 = 2 * tp / (tp + fp + y.sum()).clamp(min=1)
+    f1 = f1_from_counts(tp, tp + fp, y.sum())
     cand = f1.topk(n_candidates).indices
     fires = torch.cat([codes_of(sae, c, cand) > 0 for c in x.split(8192)])  # [N, c]
     chosen = [0]
     best = float(f1[cand[0]])
     while len(chosen) < max_main:
         union = fires[:, chosen].any(1, keepdim=True) | fires
-        tp_u = (union & y[:, None]).sum(0).float()
-        f1_u = 2 * tp_u / (union.sum(0).float() + y.sum()).clamp(min=1)
+        f1_u = f1_from_counts((union & y[:, None]).sum(0), union.sum(0), y.sum())
         f1_u[chosen] = -1
         j = int(f1_u.argmax())
         if float(f1_u[j]) < best + min_gain:

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
+from ..metrics import f1_from_counts
 from .evaluation import codes_of
 from .models import offline
 
@@ -204,8 +205,7 @@ def _norm(tok: str) -> str:
 
 
 def _f1(pred: Tensor, truth: Tensor) -> float:
-    tp = float((pred & truth).sum())
-    return 2 * tp / max(float(pred.sum()) + float(truth.sum()), 1.0)
+    return float(f1_from_counts((pred & truth).sum(), pred.sum(), truth.sum()))
 
 
 # --- simulators (explanation -> predicted firing) ------------------------------------------------

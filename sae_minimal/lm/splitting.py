@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..io import as_sae
-from ..metrics import nearest
+from ..metrics import f1_from_counts, nearest
 from .validate import check_latents
 
 
@@ -109,8 +109,9 @@ def overlap_from_counts(both: Tensor, n_p: Tensor, n_q: Tensor) -> Overlap:
     both, n_p, n_q = both.double(), n_p.double(), n_q.double()
     nan = torch.tensor(float("nan"), dtype=torch.double)
     ratio = (lambda num, den: torch.where(den > 0, num / den.clamp_min(1), nan).float())
-    return Overlap(ratio(both, n_p), ratio(both, n_q), ratio(2 * both, n_p + n_q),
-                   n_p.long(), n_q.long())
+    return Overlap(ratio(both, n_p), ratio(both, n_q),
+                   f1_from_counts(both, n_p, n_q, empty=float("nan")).float(), n_p.long(),
+                   n_q.long())
 
 
 def firing_overlap(codes_p: Codes, latents_p, codes_q: Codes, latents_q) -> Overlap:

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from .activations import run_from_hook, run_to_hook
 from .evaluation import per_token_ce
 from ..io import as_sae
+from ..metrics import f1_from_counts
 from .validate import (check_finite, check_hook, check_latent, check_latents, check_token_ids,
                        check_tokens, check_width, to_model_device)
 
@@ -238,7 +239,7 @@ def firing_f1(fires: Tensor, holds: Tensor) -> dict[str, Tensor]:
     tp = (fires & holds[:, None]).sum(0).float()
     precision = tp / fires.sum(0).clamp(min=1)
     recall = tp / holds.sum()
-    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    f1 = f1_from_counts(tp, fires.sum(0), holds.sum())
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
