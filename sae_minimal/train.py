@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 from .base import BaseSAE, check_activations
 from .guards import (EXPLODED, TrainingDiverged, TrainingWarning, check_sae, check_settings,
                      diverged, input_scale, rows_text, step_is_sound, training_units, warn)
+from . import resume
 from .metrics import fvu
 from .resampling import resample_dead_latents
 
@@ -83,14 +86,20 @@ def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
     return m
 
 
-def _batches(x: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Shuffled epochs over x [N, d_in], forever: [batch_size, d_in] batches (batch_size <= N)."""
+def _batches(x: Tensor, batch_size: int, seed: int, skip: int = 0) -> Iterator[Tensor]:
+    """Shuffled epochs over x [N, d_in], forever: [batch_size, d_in] batches (batch_size <= N),
+    from the ``skip``-th on (a resumed run: the same order as if the first ``skip`` were read)."""
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
+    per_epoch = n // batch_size
+    for _ in range(skip // per_epoch):   # epochs already done: only their shuffles are drawn
+        torch.randperm(n, generator=gen)
+    skip %= per_epoch
     while True:
         perm = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch_size + 1, batch_size):
+        for i in range(skip * batch_size, n - batch_size + 1, batch_size):
             yield x[perm[i:i + batch_size]]
+        skip = 0
 
 
 def _lr_factor(step: float, n_steps: int, warmup: int, decay_frac: float) -> float:
@@ -138,9 +147,9 @@ def make_adam(params, **kw) -> torch.optim.Adam:
 
 
 def _prepare(sae: BaseSAE, activations: Tensor | Iterable[Tensor], batch_size: int,
-             seed: int) -> tuple[Iterator[Tensor], Tensor, int, int | None]:
-    """Check the data; return (batches, a sample [n, d_in] for the scale and b_dec, rows per step
-    the schedules count, default n_tokens)."""
+             seed: int, skip: int = 0) -> tuple[Iterator[Tensor], Tensor, int, int | None]:
+    """Check the data; return (batches, from the ``skip``-th on, a sample [n, d_in] for the scale
+    and b_dec, rows per step the schedules count, default n_tokens)."""
     if isinstance(activations, Tensor):
         x = check_activations(activations, sae.d_in, name="activations").reshape(-1, sae.d_in)
         rows = min(batch_size, x.shape[0])  # the batches _batches really yields
@@ -149,7 +158,7 @@ def _prepare(sae: BaseSAE, activations: Tensor | Iterable[Tensor], batch_size: i
                   f"step trains on all {rows} rows (the LR schedule counts those steps). Pass "
                   f"batch_size <= {rows}, or more activations.", 3)
         sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:8192]]
-        return _batches(x, rows, seed), sample, rows, x.shape[0]
+        return _batches(x, rows, seed, skip), sample, rows, x.shape[0]
     stream = iter(activations)
     head, n = [], 0  # the first batches, until they hold enough rows for the sample
     while n < min(batch_size, 8192) and (batch := next(stream, None)) is not None:
@@ -225,7 +234,9 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
               grad_clip: float | None = 1.0, dead_window: int | None = None,
               log_every: int | None = None, seed: int = 0, progress: bool = True,
               device: str | torch.device | None = None, precision: str = "fp32",
-              resample_every: int | None = None, resample_until: float = 0.5) -> History:
+              resample_every: int | None = None, resample_until: float = 0.5,
+              checkpoint: str | os.PathLike | None = None,
+              checkpoint_every: float = 300.0) -> History:
     """Train ``sae`` in place and return its training History.
 
     Args:
@@ -254,6 +265,10 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                      (Bricken et al. 2023; ``resampling.resample_dead_latents``). None: never
                      (AuxK, where the variant has it, revives latents instead). The History's
                      "resampled" holds one [tokens, latents resampled] pair per resampling.
+        checkpoint:  a file to save the run's state to every ``checkpoint_every`` seconds (and to
+                     resume from: a call with the same SAE, tensor of activations and settings
+                     goes on where the saved run was, and ends with the SAE an uninterrupted run
+                     gives). Removed when training finishes. ``resume.py`` says more.
 
     Settings that cannot train (NaN, n_tokens=0, float16 weights, ...) raise ValueError at once.
     A loss term or gradient that goes non-finite, or a loss that explodes, stops training with
@@ -267,9 +282,27 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         dead_window=dead_window, log_every=log_every, seed=seed, precision=precision,
         resample_every=resample_every, resample_until=resample_until)
     check_sae(sae)
+    saved = None
+    if checkpoint is not None:
+        if not isinstance(activations, Tensor):
+            raise ValueError("checkpoint= needs the activations as one tensor [N, d_in], whose "
+                             "batches a resumed run can draw again in the same order; an "
+                             "iterator's cannot be replayed. Pass a tensor, or checkpoint=None.")
+        if not (isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
+            raise ValueError(f"checkpoint_every must be a number of seconds >= 0, got "
+                             f"{checkpoint_every!r}.")
+        run_key = resume.fingerprint(sae, activations, dict(
+            n_tokens=n_tokens, batch_size=batch_size, lr=lr, betas=betas,
+            lr_warmup_steps=lr_warmup_steps, lr_decay_frac=lr_decay_frac,
+            sparsity_warmup_frac=sparsity_warmup_frac, normalize=normalize,
+            b_dec_init=b_dec_init, grad_clip=grad_clip, dead_window=dead_window,
+            log_every=log_every, seed=seed, precision=precision, resample_every=resample_every,
+            resample_until=resample_until))
+        saved = resume.load(checkpoint, run_key)
     device = torch.device(device) if device is not None else sae.W_dec.device
     sae.to(device)
-    stream, sample, rows, n_data = _prepare(sae, activations, batch_size, seed)
+    stream, sample, rows, n_data = _prepare(sae, activations, batch_size, seed,
+                                            skip=saved["step"] if saved else 0)
     n_tokens = n_tokens or n_data
     sample = training_units(sample, torch.float32, device, 1.0, "the activations sample")
 
@@ -277,7 +310,9 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     scale = input_scale(sample, sae.d_in) if normalize else 1.0
     sample = sample * scale  # in training units from here on
     continuing = sae.trained_tokens > 0
-    if continuing:
+    if saved is not None:  # a resumed run: the SAE as saved, in training units
+        resume.restore_sae(sae, saved["sae"])
+    elif continuing:
         sae.fold_input_scale(1.0 / scale)  # back to normalised units
     elif b_dec_init != "zeros":  # 2. b_dec
         centre = (geometric_median(sample) if b_dec_init == "geometric_median"
@@ -304,11 +339,20 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         resample_gen = torch.Generator().manual_seed(seed)
     # a loss above limit means training diverged (set after step 0; see EXPLODED)
     limit, x_sq = math.inf, float(sample.pow(2).sum(-1).mean())
+    tokens, step, data_seconds, seconds_before = 0, 0, 0.0, 0.0
+    if saved is not None:
+        opt.load_state_dict(saved["opt"])
+        history.update(saved["history"])
+        tokens, step, limit = saved["tokens"], saved["step"], saved["limit"]
+        data_seconds, seconds_before = saved["data_seconds"], saved["seconds"]
+        if resample_every:
+            next_resample = saved["next_resample"]
+            resample_gen.set_state(saved["resample_gen"])
     sae.train()
 
-    bar = tqdm(total=n_steps, disable=not progress, desc=f"training {type(sae).__name__}",
-               unit="step")
-    tokens, step, data_seconds, t_start = 0, 0, 0.0, time.perf_counter()
+    bar = tqdm(total=n_steps, initial=step, disable=not progress,
+               desc=f"training {type(sae).__name__}", unit="step")
+    t_start = last_save = time.perf_counter()
     if not isinstance(activations, Tensor):   # an iterator may read from disk: read ahead
         stream = _ReadAhead(stream)
     try:
@@ -359,6 +403,16 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)
             bar.update(1)
+            if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_every \
+                    and (n_steps is None or step < n_steps):
+                resume.save(checkpoint, {
+                    "fingerprint": run_key, "sae": resume.sae_state(sae), "opt": opt.state_dict(),
+                    "step": step, "tokens": tokens, "limit": limit, "history": dict(history),
+                    "data_seconds": data_seconds,
+                    "seconds": seconds_before + time.perf_counter() - t_start,
+                    **({"next_resample": next_resample,
+                        "resample_gen": resample_gen.get_state()} if resample_every else {})})
+                last_save = time.perf_counter()
         if 0 < tokens < (n_tokens or 0):
             warn(f"The activations ran out after {tokens:,} of the n_tokens={n_tokens:,} tokens "
                   f"asked ({step} steps): the LR schedule assumed all {n_tokens:,}, so its "
@@ -368,11 +422,13 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         if step > 0:
             # e.g. BatchTopK: θ from the final weights
             sae.after_training(sample, rows)
+        if checkpoint is not None:  # finished: nothing left to resume
+            Path(checkpoint).unlink(missing_ok=True)
     finally:  # even on KeyboardInterrupt, hand back an SAE that works on raw activations
         bar.close()
         if isinstance(stream, _ReadAhead):
             stream.close()
-        history["seconds"] = time.perf_counter() - t_start
+        history["seconds"] = seconds_before + time.perf_counter() - t_start
         history["data_seconds"] = data_seconds  # time spent waiting for batches (the data path)
         sae.fold_input_scale(scale)
         sae.trained_tokens += tokens

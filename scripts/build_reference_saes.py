@@ -26,7 +26,10 @@ describes the files. Each reference ships at the largest budget both its seeds r
 Runs are independent, so ``--jobs N`` trains N at once in worker processes (on one GPU they share
 it: on an 80 GB H100, 7 at a time fit and trained about 0.9M tokens a second in all; 14 ran out of
 memory). ``--deadline`` stops starting runs after that many seconds and ships what is complete; a
-second call with the same ``--work`` folder resumes, skipping finished runs.
+second call with the same ``--work`` folder resumes: it skips finished runs and continues
+unfinished ones from the checkpoint each saves every 10 minutes (``train_sae(checkpoint=...)``:
+the same SAE as an uninterrupted run, bit for bit on a CPU). So a CPU build too long for one
+sitting can be run in several, each picking up where the last was stopped.
 
 ``--plain-model`` computes the activations with ``scripts/standin_plain.py`` (plain PyTorch, no
 transformer-lens, equal to the HookedTransformer to ~1e-5) for machines without transformer-lens;
@@ -64,6 +67,7 @@ from sae_minimal.lm.text import corpus_tokens
 D_IN = 256
 BATCH = 1024
 SPLICE_WINDOWS = 256   # held-out windows for CE loss recovered and KL (32k tokens)
+CHECKPOINT, CHECKPOINT_EVERY = "training_checkpoint.pt", 600   # seconds between saves
 
 
 def as_shipped(sae):
@@ -107,17 +111,18 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     cls, kw, seeds = RECIPES[name]
     seed, device = seeds[index], _DATA["device"]
     sae = cls(D_IN, seed=seed, **kw)
-    t0 = time.perf_counter()
+    folder = run_dir(_DATA["work"], name, n_tokens, index)
+    # a run killed part-way (a closed session) goes on from its last checkpoint when called again
     hist = sm.train_sae(sae, _DATA["x_train"], n_tokens=n_tokens, batch_size=BATCH, seed=seed,
-                        progress=False, device=device)
-    seconds = time.perf_counter() - t0
+                        progress=False, device=device, checkpoint=folder / CHECKPOINT,
+                        checkpoint_every=CHECKPOINT_EVERY)
+    seconds = hist["seconds"]       # the training loop's, summed over the calls that resumed it
     as_shipped(sae.eval())
     density = latent_density(sae, _DATA["x_eval"])
     metrics = evaluate_sae(_DATA["model"], sae, HOOK, _DATA["x_eval"], _DATA["splice_tokens"],
                            density=density, mean_act=_DATA["mean_act"])
     metrics = {**metrics, "seconds": round(seconds, 1), "lr": max(hist["lr"]),
                "curve": training_curve(hist)}
-    folder = run_dir(_DATA["work"], name, n_tokens, index)
     shutil.rmtree(folder, ignore_errors=True)
     sm.save_sae(sae.half().cpu(), folder, hook_name=HOOK, model_name="standin",
                 metadata={"context_size": 128, "prepend_bos": True})
