@@ -86,19 +86,25 @@ class JumpReLUSAE(BaseSAE, sae_lens_default=True):
         window entry costs one dot product (d_in multiply-adds), a fired one about four.
         """
         theta = self.threshold
-        pre, code = self.sparse_pre_acts(x, lambda pre: pre > theta, self.b_enc)
-        if code is not None:
-            with torch.no_grad():             # θ - ε/2 < z <= θ, as flat indices
-                z, d_sae = pre.detach().view(-1), self.d_sae
-                window = (pre.detach() > theta - self.bandwidth / 2).view(-1).nonzero()[:, 0]
-                window = window[z[window] <= theta[window % d_sae]]
-            if len(window) > z.numel() / 4:  # ε wide against the pre-activations' spread:
-                code = None                    # the dense estimator, without a list of entries
+        seen = {}
+
+        def fired_and_window(pre: Tensor) -> Tensor:
+            """The entries that fire (pre > θ), as ascending flat indices; the window's
+            (θ - ε/2 < pre <= θ) kept in ``seen``: one pass over pre finds both."""
+            near = (pre > theta - self.bandwidth / 2).view(-1).nonzero()[:, 0]
+            z = pre.view(-1)[near]
+            fires = z > theta[near % self.d_sae]
+            seen.update(window=near[~fires], z=z[~fires])
+            return near[fires]
+
+        pre, code = self.sparse_pre_acts(x, fired_and_window, self.b_enc)
+        if code is not None and len(seen["window"]) > pre.numel() / 4:
+            code = None   # ε wide against the pre-activations' spread: the dense estimator
         if code is None:
             latents, l0_rows = jumprelu_l0(pre, theta, self.bandwidth)
             return Encoding(latents, pre, l0=l0_rows)
-        rows, indices, offsets = flat_entries(window, *pre.shape)
-        probe = SparseCode(z[window], indices, rows, offsets)
+        rows, indices, offsets = flat_entries(seen["window"], *pre.shape)
+        probe = SparseCode(seen["z"].detach(), indices, rows, offsets)
         code, fired = self._jump(code, theta)
         probe, fired_below = self._jump(probe, theta)    # values all 0, with θ's STE gradient
         l0_rows = pre.new_zeros(x.shape[0]).index_add(0, code.rows, fired)
