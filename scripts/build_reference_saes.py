@@ -131,6 +131,19 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     return metrics
 
 
+def report_progress(work: Path, todo: list, elapsed: float) -> None:
+    """One line per unfinished run that has saved a checkpoint: the tokens it has trained."""
+    for name, index, n in todo:
+        path = run_dir(work, name, n, index) / CHECKPOINT
+        if finished(work, name, n, index) is None and path.exists():
+            try:
+                tokens = torch.load(path, map_location="cpu", weights_only=False)["tokens"]
+            except Exception:  # noqa: BLE001 -- being rewritten: the next report reads it
+                continue
+            print(f"[{elapsed:5.0f} s] ... {name} seed{index} {n:>11,} tokens: {tokens / n:.0%} "
+                  "trained", flush=True)
+
+
 def _run_safely(name: str, index: int, n_tokens: int):
     try:
         return name, index, n_tokens, train_run(name, index, n_tokens), None
@@ -324,9 +337,13 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(args.jobs, _init_worker, (str(work), args.device, args.plain_model))
     pending = [pool.apply_async(_run_safely, unit) for unit in todo]
+    next_report = time.perf_counter() + CHECKPOINT_EVERY
     try:
         while pending:
             time.sleep(1)
+            if time.perf_counter() > next_report:   # long runs: how far each has got
+                next_report += CHECKPOINT_EVERY
+                report_progress(work, todo, time.perf_counter() - t_start)
             for job in [j for j in pending if j.ready()]:
                 pending.remove(job)
                 name, index, n, metrics, error = job.get()
