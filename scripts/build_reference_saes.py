@@ -337,7 +337,7 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(args.jobs, _init_worker, (str(work), args.device, args.plain_model))
     pending = [pool.apply_async(_run_safely, unit) for unit in todo]
-    next_report = time.perf_counter() + CHECKPOINT_EVERY
+    next_report = time.perf_counter() + CHECKPOINT_EVERY + 120   # just after the runs' saves
     try:
         while pending:
             time.sleep(1)
