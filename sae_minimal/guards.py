@@ -56,7 +56,7 @@ PRECISIONS = ("fp32", "bf16")
 def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay_frac,
                     sparsity_warmup_frac, b_dec_init, grad_clip, dead_window, log_every,
                     seed, precision="fp32", resample_every=None,
-                    resample_until=0.5) -> int | None:
+                    resample_until=0.5, checkpoint_every=300.0) -> int | None:
     """Refuse, before anything changes, a setting that cannot train (NaN, 0 or negative where
     that means nothing). Returns n_tokens as an int (``1e6`` is fine) or None."""
     rules = [  # (name, value, is it usable?, what to pass instead)
@@ -94,6 +94,8 @@ def check_settings(*, n_tokens, batch_size, lr, betas, lr_warmup_steps, lr_decay
         ("resample_until", resample_until, _real(resample_until) and 0 <= resample_until <= 1,
          "a number in [0, 1]: the first fraction of training during which dead latents are "
          "resampled"),
+        ("checkpoint_every", checkpoint_every, _real(checkpoint_every) and checkpoint_every >= 0,
+         "a number of seconds >= 0 between checkpoints (0: after every step)"),
         ("precision", precision, isinstance(precision, str) and precision in PRECISIONS,
          "'fp32' (the default) or 'bf16' (bfloat16 autocast for the forward and backward passes, "
          "float32 weights and Adam state)" + (

@@ -275,12 +275,13 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
     ``TrainingDiverged``; data that runs out before n_tokens, or batches far from batch_size, give
     a ``TrainingWarning``.
     """
-    n_tokens = check_settings(
+    settings = dict(
         n_tokens=n_tokens, batch_size=batch_size, lr=lr, betas=betas,
         lr_warmup_steps=lr_warmup_steps, lr_decay_frac=lr_decay_frac,
         sparsity_warmup_frac=sparsity_warmup_frac, b_dec_init=b_dec_init, grad_clip=grad_clip,
         dead_window=dead_window, log_every=log_every, seed=seed, precision=precision,
         resample_every=resample_every, resample_until=resample_until)
+    n_tokens = check_settings(**settings, checkpoint_every=checkpoint_every)
     check_sae(sae)
     saved = None
     if checkpoint is not None:
@@ -288,16 +289,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
             raise ValueError("checkpoint= needs the activations as one tensor [N, d_in], whose "
                              "batches a resumed run can draw again in the same order; an "
                              "iterator's cannot be replayed. Pass a tensor, or checkpoint=None.")
-        if not (isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
-            raise ValueError(f"checkpoint_every must be a number of seconds >= 0, got "
-                             f"{checkpoint_every!r}.")
-        run_key = resume.fingerprint(sae, activations, dict(
-            n_tokens=n_tokens, batch_size=batch_size, lr=lr, betas=betas,
-            lr_warmup_steps=lr_warmup_steps, lr_decay_frac=lr_decay_frac,
-            sparsity_warmup_frac=sparsity_warmup_frac, normalize=normalize,
-            b_dec_init=b_dec_init, grad_clip=grad_clip, dead_window=dead_window,
-            log_every=log_every, seed=seed, precision=precision, resample_every=resample_every,
-            resample_until=resample_until))
+        run_key = resume.fingerprint(sae, activations,
+                                     {**settings, "n_tokens": n_tokens, "normalize": normalize})
         saved = resume.load(checkpoint, run_key)
     device = torch.device(device) if device is not None else sae.W_dec.device
     sae.to(device)

@@ -85,6 +85,8 @@ def test_a_broken_checkpoint_and_an_iterator_get_clear_errors(tmp_path):
     path.write_bytes(b"half a file")
     with pytest.raises(ValueError, match="cannot be read.*delete it to train from the start"):
         _train(cls, kw, settings, checkpoint=path)
+    with pytest.raises(ValueError, match=r"checkpoint_every must be a number of seconds >= 0"):
+        _train(cls, kw, settings, checkpoint=tmp_path / "new.pt", checkpoint_every=-1)
     with pytest.raises(ValueError, match="needs the activations as one tensor"):
         sm.train_sae(sm.TopKSAE(16, 64, k=4), iter(_data().split(256)), checkpoint=path,
                      progress=False)
