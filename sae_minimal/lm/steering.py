@@ -236,10 +236,10 @@ def firing_f1(fires: Tensor, holds: Tensor) -> dict[str, Tensor]:
     if not holds.any():
         raise ValueError("The concept holds at no position: there is nothing to separate.")
     fires, holds = fires.bool(), holds.bool()
-    tp = (fires & holds[:, None]).sum(0).float()
-    precision = tp / fires.sum(0).clamp(min=1)
+    tp, n_fires = (fires & holds[:, None]).sum(0).float(), fires.sum(0)
+    precision = tp / n_fires.clamp(min=1)
     recall = tp / holds.sum()
-    f1 = f1_from_counts(tp, fires.sum(0), holds.sum())
+    f1 = f1_from_counts(tp, n_fires, holds.sum())
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
