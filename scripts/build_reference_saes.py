@@ -1,7 +1,7 @@
 """Train the reference SAEs shipped in ``sae_minimal/assets/reference_saes`` (issue 15), once.
 
-    python scripts/build_reference_saes.py --device cuda --jobs 12     # all of them, on a GPU
-    python scripts/build_reference_saes.py --only topk-k16-512 --tokens 2000000 --rungs 2 \\
+    python scripts/build_reference_saes.py --device cuda --jobs 7      # all of them, on a GPU
+    python scripts/build_reference_saes.py --only topk-k16-512 --tokens 2000000 \\
         --out /tmp/refs                                               # one, small, on the CPU
 
 Every reference reads the stand-in's residual stream after block 2 (``blocks.2.hook_resid_post``,
@@ -13,8 +13,9 @@ initialisation or see the same data order, and none shares seed 0 with the SAEs 
 the notebooks.
 
 **Converged?** Each reference is trained from scratch at a ladder of budgets, T/2^(rungs-1), ...,
-T/2, T tokens, each run with its own full schedule (a run stopped half-way would still be at its
-high learning rate, so it is not the same thing). The card gives, for every run, held-out FVU, L0,
+T/2, T tokens (``--rungs``, 2 by default: T/2 and T, what the verdict reads; T is the reference's
+own, ``TOKENS`` below, unless ``--tokens`` sets one for all), each run with its own full schedule
+(a run stopped half-way would still be at its high learning rate, so it is not the same thing). The card gives, for every run, held-out FVU, L0,
 dead and dense fractions, CE loss recovered, KL and the MMCS to the same variant's other seed, and
 calls a reference converged when, from T/2 to T, FVU and MMCS change by under 2% relative and the
 dead fraction by under 2% relative or 0.2 percentage points (a relative change of a fraction near
@@ -68,6 +69,16 @@ D_IN = 256
 BATCH = 1024
 SPLICE_WINDOWS = 256   # held-out windows for CE loss recovered and KL (32k tokens)
 CHECKPOINT, CHECKPOINT_EVERY = "training_checkpoint.pt", 600   # seconds between saves
+
+# T, each reference's largest budget. On the CPU ladder (notebook 04, the card's "CPU" ladder) the
+# 2048-wide TopK and L1 meet the convergence criterion from T/2 = 64M to T = 128M tokens (TopK's
+# FVU already from 32M, the MMCS between its seeds only then), and TopK at 512 latents from 16M to
+# 32M; the other 2048-wide variants get TopK's budget, and the 8192-wide ones (four times the
+# latents, a quarter of the firings each per token) 64M, which their verdicts check.
+TOKENS = {"l1-2048": 128_000_000, "topk-k16-2048": 128_000_000,
+          "batchtopk-k16-2048": 128_000_000, "jumprelu-2048": 128_000_000,
+          "matryoshka-k16-2048": 128_000_000, "topk-k16-512": 32_000_000,
+          "topk-k16-8192": 64_000_000, "matryoshka-k16-8192": 64_000_000}
 
 
 def as_shipped(sae):
@@ -170,15 +181,15 @@ def add_mmcs(work: Path, name: str, n_tokens: int) -> None:
     path.write_text(json.dumps(metrics))
 
 
-def write_card(work: Path, out: Path, names: list[str], budgets: list[int], header: dict) -> None:
-    """Card and shipped folders: each reference at the largest budget both its seeds finished
-    (its verdict needs half that budget finished too)."""
+def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dict) -> None:
+    """Card and shipped folders: each reference in ``budgets`` (name -> its budgets, ascending) at
+    the largest budget both its seeds finished (its verdict needs half that budget finished too)."""
     card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
     card.update(header)
     saes = card.get("saes", {})
-    for name in names:
+    for name in budgets:
         cls, _, seeds = RECIPES[name]
-        done = [n for n in budgets
+        done = [n for n in budgets[name]
                 if all(finished(work, name, n, i) is not None for i in range(len(seeds)))]
         if not done:
             continue
@@ -293,8 +304,9 @@ def finalize(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokens", type=int, default=64_000_000, help="largest budget T per run")
-    ap.add_argument("--rungs", type=int, default=4, help="budgets T/2^(rungs-1), ..., T/2, T")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="largest budget T of every reference (default: each its own, TOKENS)")
+    ap.add_argument("--rungs", type=int, default=2, help="budgets T/2^(rungs-1), ..., T/2, T")
     ap.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
     ap.add_argument("--out", default=str(REFERENCE_DIR), help="where the SAEs and card go")
     ap.add_argument("--work", default="build/reference_saes", help="activations and runs")
@@ -324,14 +336,16 @@ def main() -> None:
         sys.exit(f"{out} already holds some of {names}; pass --overwrite to rebuild them.")
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
-    budgets = [args.tokens >> r for r in reversed(range(args.rungs))]
+    budgets = {name: [(args.tokens or TOKENS[name]) >> r for r in reversed(range(args.rungs))]
+               for name in names}
     header = prepare(work, args.device, args.plain_model)
     header["jobs"] = args.jobs
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
-    todo = [(name, i, n) for n in budgets
-            for name in sorted(names, key=lambda m: -RECIPES[m][1]["d_sae"])
-            for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None]
-    print(f"{len(todo)} runs to train, budgets {budgets}, {args.jobs} at a time", flush=True)
+    todo = sorted(((name, i, n) for name in names for n in budgets[name]
+                   for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None),
+                  key=lambda run: (run[2], -RECIPES[run[0]][1]["d_sae"]))
+    plan = ", ".join(f"{name} {'/'.join(f'{n / 1e6:g}M' for n in budgets[name])}" for name in names)
+    print(f"{len(todo)} runs to train ({plan}), {args.jobs} at a time", flush=True)
     # a `timeout` (SIGTERM) still stops the workers and ships what is done
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: shipping what is done."))
     ctx = mp.get_context("spawn")
@@ -357,16 +371,16 @@ def main() -> None:
                       f"l0 {metrics['l0']:.1f}  dead {metrics['dead']:.2%}  "
                       f"ce_rec {metrics['ce_recovered']:.4f}", flush=True)
                 try:
-                    write_card(work, out, names, budgets, header)
+                    write_card(work, out, budgets, header)
                 except Exception:  # noqa: BLE001 -- the runs go on; the last call retries
                     traceback.print_exc()
-            if args.deadline and time.perf_counter() - t_start > args.deadline:
+            if args.deadline is not None and time.perf_counter() - t_start > args.deadline:
                 print(f"Deadline: {len(pending)} runs not finished; shipping what is done.")
                 break
     finally:
         pool.terminate()
         pool.join()
-        write_card(work, out, names, budgets, header)
+        write_card(work, out, budgets, header)
     print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
 
 

@@ -6,8 +6,9 @@
 # Then, here: python scripts/build_reference_saes.py --finalize.
 #
 # Measured on an 80 GB H100 (2026-11-26): 7 runs at a time fit (14 ran out of memory) and trained
-# about 0.9M tokens a second in all, so the full ladder (13 runs x 8M..64M = 1.6B tokens) takes
-# about 30 minutes; JOBS, TOKENS, RUNGS, DEADLINE (seconds) and ONLY choose less.
+# about 0.9M tokens a second in all, so the whole set at its budgets (each reference's T/2 and T,
+# build_reference_saes.TOKENS: 2.2B tokens) takes about 40 minutes; JOBS, TOKENS (one T for all),
+# RUNGS, DEADLINE (seconds) and ONLY choose less.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -18,7 +19,7 @@ if nvidia-cuda-mps-control -d 2>/dev/null; then
 fi
 WORK=${WORK:-/tmp/refs_work}; REFS=${REFS:-/tmp/refs}
 timeout -k 15 $(( ${DEADLINE:-420} + 60 )) python3 scripts/build_reference_saes.py --plain-model \
-  --device cuda --jobs ${JOBS:-7} --tokens ${TOKENS:-64000000} --rungs ${RUNGS:-4} \
+  --device cuda --jobs ${JOBS:-7} ${TOKENS:+--tokens $TOKENS} --rungs ${RUNGS:-2} \
   --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} 2>&1 \
   | grep -v "sparse/dense crossover\|if len(indices) > DOT_SHARE" | tee "$OUT/log.txt"
 pkill -9 -f multiprocessing.spawn 2>/dev/null

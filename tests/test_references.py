@@ -169,3 +169,37 @@ def test_the_shipped_card_markdown_is_made_from_card_json():
     """REFERENCE_CARD.md is generated: an edit of card.json that was not re-rendered fails here."""
     md = (refs.REFERENCE_DIR / "REFERENCE_CARD.md").read_text()
     assert md == refs.card_markdown(refs.reference_card())
+
+
+def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_path):
+    """scripts/build_reference_saes.py: every recipe has its T (a recipe added without one would
+    stop a full build at its start), and write_card ships each reference at the largest budget
+    both seeds finished, with the verdict from half of it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "build_reference_saes.py"
+    spec = importlib.util.spec_from_file_location("build_reference_saes", path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert set(build.TOKENS) == set(refs.RECIPES)
+    assert all(t % 2 == 0 for t in build.TOKENS.values())
+    name, seeds = "topk-k16-2048", refs.RECIPES["topk-k16-2048"][2]     # two seeds
+    metrics = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+               "seconds": 1.0}
+    header = {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
+              "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
+              "held_out_activations": 100}
+    for n, fvu in ((1000, 0.2), (2000, 0.199), (4000, 0.15)):   # 4000: only seed 0 finished
+        for i in (range(len(seeds)) if n < 4000 else (0,)):
+            folder = build.run_dir(tmp_path / "work", name, n, i)
+            sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder, hook_name=refs.HOOK)
+            (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu}))
+            torch.save(torch.ones(32), folder / "density.pt")       # every latent alive
+    out = tmp_path / "out"
+    build.write_card(tmp_path / "work", out, {name: [1000, 2000, 4000]}, header)
+    entry = json.loads((out / refs.CARD_JSON).read_text())["saes"][name]
+    assert entry["tokens"] == 2000 and entry["converged"]["ok"]     # 0.5% change in FVU
+    assert 0 < entry["runs"]["2000/seed0"]["mmcs"] <= 1                # both seeds were at hand
+    assert (out / name / "cfg.json").exists() and (out / f"{name}-seed1" / "cfg.json").exists()
