@@ -10,8 +10,10 @@ outputs of an earlier run, as 07 did once (rms error 0.0074 and gamma 0.018 besi
 What counts as printed: a number in a cell's output (text, or an HTML table's text, not its markup)
 that rounds to the prose's number at the prose's precision (0.65 is printed by 0.651 or 0.6512);
 the prose's 36.3% is printed by 36.3% or by 0.363. Signs are ignored (the prose writes −, Python -).
-Numbers with one decimal only match loosely this way (many printed numbers round to 1.5), so the
-test is strictest where stale numbers do the most harm: three decimals and more."""
+Whole percentages count too (the prose's 68% is printed by 0.68 or 68.2%), but not other integers
+(years, counts, sizes: too many are printed for a match to mean anything). Numbers with one decimal
+or none only match loosely this way (many printed numbers round to 1.5 or 68%), so the test is
+strictest where stale numbers do the most harm: three decimals and more."""
 
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# a decimal number in the prose, not part of a longer token (an arXiv id's digits are caught too:
-# listed below), with its exponent or percent sign
-QUOTED = re.compile(r"(?<![\w.])(\d+\.\d+)(e[-+]?\d+)?(?![\d.]\d)(%?)")
+# a decimal number in the prose, or a whole percentage, not part of a longer token (an arXiv id's
+# digits are caught too: listed below), with its exponent or percent sign
+QUOTED = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?=%))(e[-+]?\d+)?(?![\d.]\d)(%?)")
 # a number in the outputs, any form
 PRINTED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 
@@ -39,9 +41,11 @@ NOT_PRINTED = {   # notebook -> {number as the prose writes it: why the prose ma
         "2.4": "a section of Gao et al. (2024)",
         "0.95": CHAPTER_MMCS, "0.85": CHAPTER_MMCS,
     },
-    "06_feature_splitting": {"2503.17547": "an arXiv identifier"},
+    "06_feature_splitting": {"2503.17547": "an arXiv identifier",
+                             "50": "the middle 50% of a distribution: a definition"},
     "07_scaling": {"0.056": "quoted from Gao et al.'s Figure 1", "0.084": "the same fit's exponent",
-                   "0.09": "the same fit's irreducible term"},
+                   "0.09": "the same fit's irreducible term",
+                   "65": "quoted from Templeton et al. (2024): dead latents at 34M"},
     "08_evaluation_beyond_reconstruction": {
         "0.013": "derived: the dense probe's accuracy minus the k = 16 probes' (smallest gap)",
         "0.037": "derived: the same difference, largest gap",
@@ -115,9 +119,10 @@ def test_a_stale_number_is_caught():
             "stream", text="rms 0.0085, gamma -0.1513, dead 0.363\n")]),
         nbformat.v4.new_markdown_cell("The fit: rms 0.0085, γ = −0.151, 36.3% dead."),
         nbformat.v4.new_markdown_cell("Same, written otherwise: 8.50e-03, 0.15, 36%."),
-        nbformat.v4.new_markdown_cell("Stale: rms 0.0074, γ = 0.018; 36.4% dead; 8.60e-03.")])
+        nbformat.v4.new_markdown_cell("Stale: rms 0.0074, γ = 0.018; 36.4% dead; 8.60e-03; 41%."),
+        nbformat.v4.new_markdown_cell("Not numbers the prose measures: 2048 latents, layer 6.")])
     assert [m.split(" in ")[0] for m in unprinted(nb)] == [
-        "cell 3: 0.0074", "cell 3: 0.018", "cell 3: 36.4%", "cell 3: 8.60e-03"]
+        "cell 3: 0.0074", "cell 3: 0.018", "cell 3: 36.4%", "cell 3: 8.60e-03", "cell 3: 41%"]
 
 
 @pytest.mark.parametrize("stem", sorted(NOT_PRINTED))
