@@ -15,11 +15,12 @@ the notebooks.
 **Converged?** Each reference is trained from scratch at a ladder of budgets, T/2^(rungs-1), ...,
 T/2, T tokens (``--rungs``, 2 by default: T/2 and T, what the verdict reads; T is the reference's
 own, ``TOKENS`` below, unless ``--tokens`` sets one for all), each run with its own full schedule
-(a run stopped half-way would still be at its high learning rate, so it is not the same thing). The card gives, for every run, held-out FVU, L0,
-dead and dense fractions, CE loss recovered, KL and the MMCS to the same variant's other seed, and
-calls a reference converged when, from T/2 to T, FVU and MMCS change by under 2% relative and the
-dead fraction by under 2% relative or 0.2 percentage points (a relative change of a fraction near
-0, 0.1% to 0.2% of latents, is noise, not a trend). Held-out metrics are measured on the held-out
+(a run stopped half-way would still be at its high learning rate, so it is not the same thing).
+The card gives, for every run, held-out FVU, L0, dead and dense fractions, CE loss recovered, KL
+and the MMCS to the same variant's other seed, and calls a reference converged when, from T/2 to
+T, FVU and MMCS change by under 2% relative and the dead fraction by under 2% relative or 0.2
+percentage points (a relative change of a fraction near 0, 0.1% to 0.2% of latents, is noise, not
+a trend). Held-out metrics are measured on the held-out
 plays (Hamlet, The Tempest, Twelfth Night: 135k activations; CE loss recovered and KL from 256
 windows spliced), after the weights are rounded to the float16 that is shipped, so the card
 describes the files. Each reference ships at the largest budget both its seeds reached.

@@ -142,20 +142,26 @@ def test_convergence_verdict():
     assert not refs.convergence(base, {**base, "dead": 0.040})["ok"]           # 1 point, 20%
 
 
+def _script(name: str):
+    """A module of the repository's scripts/ folder (not a package), imported from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_plain_standin_computes_what_the_hooked_transformer_does():
     """The GPU build's stand-in (scripts/standin_plain.py, no transformer-lens) against
     load_standin(): the activations the references train on, and the logits CE is spliced into."""
-    import importlib.util
-    from pathlib import Path
     from sae_minimal.lm.activations import run_to_hook
     from sae_minimal.lm.models import load_lm
     from sae_minimal.lm.text import corpus_tokens
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "standin_plain.py"
-    spec = importlib.util.spec_from_file_location("standin_plain", path)
-    plain_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plain_module)
-    hooked, plain = load_lm("standin", verbose=False), plain_module.StandinPlain()
+    hooked, plain = load_lm("standin", verbose=False), _script("standin_plain").StandinPlain()
     tokens = corpus_tokens(hooked.tokenizer, "held_out")[:4]
     a, b = run_to_hook(hooked, tokens, refs.HOOK), run_to_hook(plain, tokens, refs.HOOK)
     assert (a - b).abs().max() < 1e-4 * a.abs().max()
@@ -175,14 +181,7 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     """scripts/build_reference_saes.py: every recipe has its T (a recipe added without one would
     stop a full build at its start), and write_card ships each reference at the largest budget
     both seeds finished, with the verdict from half of it."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "build_reference_saes.py"
-    spec = importlib.util.spec_from_file_location("build_reference_saes", path)
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = _script("build_reference_saes")
     assert set(build.TOKENS) == set(refs.RECIPES)
     assert all(t % 2 == 0 for t in build.TOKENS.values())
     name, seeds = "topk-k16-2048", refs.RECIPES["topk-k16-2048"][2]     # two seeds
@@ -194,7 +193,8 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     for n, fvu in ((1000, 0.2), (2000, 0.199), (4000, 0.15)):   # 4000: only seed 0 finished
         for i in (range(len(seeds)) if n < 4000 else (0,)):
             folder = build.run_dir(tmp_path / "work", name, n, i)
-            sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder, hook_name=refs.HOOK)
+            sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder,
+                        hook_name=refs.HOOK)
             (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu}))
             torch.save(torch.ones(32), folder / "density.pt")       # every latent alive
     out = tmp_path / "out"
