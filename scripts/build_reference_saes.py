@@ -40,7 +40,7 @@ fingerprint (which the lab checks) and cross-check one reference's metrics on th
 
 Deterministic on a given machine: the data order and the initialisation come from each run's
 seed. A GPU's floating-point sums differ from a CPU's, so a rebuild elsewhere gives SAEs that agree
-in their metrics, not bit for bit. The shipped set was built on one H100 (see the card).
+in their metrics, not bit for bit. The shipped set was built on a 2-core CPU (see the card).
 """
 
 from __future__ import annotations
