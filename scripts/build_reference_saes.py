@@ -116,6 +116,7 @@ def _init_worker(work: str, device: str, plain: bool) -> None:
     _DATA["x_eval"], _DATA["mean_act"] = _DATA["x_eval"].to(device), _DATA["mean_act"].to(device)
     _DATA["x_train"] = ActivationStore(work / "activations").load_all().to(device)
     _DATA["model"], _DATA["device"], _DATA["work"] = load_model(device, plain), device, work
+    _DATA["hardware"] = hardware_name(device)
 
 
 def train_run(name: str, index: int, n_tokens: int) -> dict:
@@ -133,7 +134,9 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     density = latent_density(sae, _DATA["x_eval"])
     metrics = evaluate_sae(_DATA["model"], sae, HOOK, _DATA["x_eval"], _DATA["splice_tokens"],
                            density=density, mean_act=_DATA["mean_act"])
+    # a set may mix machines (a GPU lease trains some runs): each run says where it ran
     metrics = {**metrics, "seconds": round(seconds, 1), "lr": max(hist["lr"]),
+               "hardware": _DATA["hardware"], "torch": torch.__version__,
                "curve": training_curve(hist)}
     shutil.rmtree(folder, ignore_errors=True)
     sm.save_sae(sae.half().cpu(), folder, hook_name=HOOK, model_name="standin",
@@ -201,7 +204,9 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
                 for n in done for i in range(len(seeds))}
         entry = {"class": cls.__name__,
                  "config": sm.load_sae(run_dir(work, name, top, 0)).config(),
-                 "tokens": top, "seeds": list(seeds), "hardware": header["hardware"],
+                 "tokens": top, "seeds": list(seeds),
+                 "hardware": sorted({run.get("hardware", header["hardware"])
+                                     for run in runs.values()}),
                  "runs": runs}
         if top // 2 in done:
             entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
@@ -272,10 +277,13 @@ def prepare(work: Path, device: str, plain: bool) -> dict:
               "standin_weights_sha1": _weights_sha1(), "training_activations": len(store),
               "held_out_activations": len(x_eval), "batch_size": BATCH,
               "torch": torch.__version__, "sae_minimal": sm.__version__,
-              "hardware": (torch.cuda.get_device_name() if device.startswith("cuda")
-                           else "CPU")}
+              "hardware": hardware_name(device)}
     print(f"{len(store):,} training activations, {len(x_eval):,} held-out", flush=True)
     return header
+
+
+def hardware_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
 
 
 def _weights_sha1() -> str:

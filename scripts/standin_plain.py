@@ -9,8 +9,8 @@ checks it against the HookedTransformer on held-out windows.
 
 It offers the few pieces of HookedTransformer's interface the package's activation cache and
 ``evaluation.splice_eval`` use: ``cfg`` (d_vocab, n_ctx, device), ``hook_dict``, ``tokenizer``,
-``__call__`` (logits), ``run_with_hooks`` (with ``stop_at_layer``) and ``run_with_cache``, with
-hooks at ``blocks.{i}.hook_resid_post`` only.
+``__call__`` (logits; from a residual stream with ``start_at_layer``), ``run_with_hooks`` (with
+``stop_at_layer``) and ``run_with_cache``, with hooks at ``blocks.{i}.hook_resid_post`` only.
 """
 
 from __future__ import annotations
@@ -77,16 +77,22 @@ class StandinPlain(torch.nn.Module):
 
     @torch.no_grad()
     def run_with_hooks(self, tokens: Tensor, *, fwd_hooks=(), stop_at_layer: int | None = None,
-                       **_) -> Tensor:
+                       start_at_layer: int | None = None, **_) -> Tensor:
         """Logits [batch, pos, d_vocab] (or the residual stream before block ``stop_at_layer``);
-        each hook ``fn(act, hook)`` may return a replacement for its activation."""
+        each hook ``fn(act, hook)`` may return a replacement for its activation. With
+        ``start_at_layer``, ``tokens`` is the residual stream [batch, pos, d_model] before that
+        block (what ``activations.run_from_hook`` passes), as in HookedTransformer."""
         hooks = dict(fwd_hooks)
         unknown = set(hooks) - set(self.hook_dict)
         if unknown:
             raise ValueError(f"StandinPlain has hooks {list(self.hook_dict)} only, not {unknown}.")
-        tokens = tokens.to(self.cfg.device)
-        resid = self._p("embed.W_E")[tokens] + self._p("pos_embed.W_pos")[:tokens.shape[1]]
-        for i in range(self.cfg.n_layers if stop_at_layer is None else stop_at_layer):
+        if start_at_layer is None:
+            tokens = tokens.to(self.cfg.device)
+            resid = self._p("embed.W_E")[tokens] + self._p("pos_embed.W_pos")[:tokens.shape[1]]
+        else:
+            resid = tokens.to(self.cfg.device, torch.float32)
+        for i in range(start_at_layer or 0,
+                       self.cfg.n_layers if stop_at_layer is None else stop_at_layer):
             resid = self._block(i, resid)
             fn = hooks.get(f"blocks.{i}.hook_resid_post")
             if fn is not None:
@@ -97,8 +103,10 @@ class StandinPlain(torch.nn.Module):
         x = _layer_norm(resid, self._p("ln_final.w"), self._p("ln_final.b"))
         return x @ self._p("unembed.W_U") + self._p("unembed.b_U")
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.run_with_hooks(tokens)
+    def forward(self, input: Tensor, start_at_layer: int | None = None, **_) -> Tensor:
+        """HookedTransformer's call: tokens, or with ``start_at_layer`` the residual stream
+        (its ``tokens=`` keyword, for attention masks, is not needed here)."""
+        return self.run_with_hooks(input, start_at_layer=start_at_layer)
 
     @torch.no_grad()
     def run_with_cache(self, tokens: Tensor, *, names_filter: str, **_) -> tuple[Tensor, dict]:

@@ -157,7 +157,7 @@ def _script(name: str):
 def test_plain_standin_computes_what_the_hooked_transformer_does():
     """The GPU build's stand-in (scripts/standin_plain.py, no transformer-lens) against
     load_standin(): the activations the references train on, and the logits CE is spliced into."""
-    from sae_minimal.lm.activations import run_to_hook
+    from sae_minimal.lm.activations import run_from_hook, run_to_hook
     from sae_minimal.lm.models import load_lm
     from sae_minimal.lm.text import corpus_tokens
 
@@ -168,6 +168,9 @@ def test_plain_standin_computes_what_the_hooked_transformer_does():
     assert (hooked(tokens) - plain(tokens)).abs().max() < 1e-3
     replaced = plain.run_with_hooks(tokens, fwd_hooks=[(refs.HOOK, lambda act, hook: act * 0)])
     assert not torch.allclose(replaced, plain(tokens))        # the hook's replacement is used
+    # splice_eval's path: the blocks after the hook, from an activation (here a scaled one)
+    spliced = run_from_hook(hooked, a * 0.5, refs.HOOK, tokens)
+    assert (spliced - run_from_hook(plain, a * 0.5, refs.HOOK, tokens)).abs().max() < 1e-3
 
 
 @shipped
@@ -195,7 +198,9 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
             folder = build.run_dir(tmp_path / "work", name, n, i)
             sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder,
                         hook_name=refs.HOOK)
-            (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu}))
+            # the half budget trained on a GPU lease, the rest here: each run keeps its machine
+            where = {"hardware": "NVIDIA H100"} if n == 1000 else {}
+            (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu, **where}))
             torch.save(torch.ones(32), folder / "density.pt")       # every latent alive
     out = tmp_path / "out"
     build.write_card(tmp_path / "work", out, {name: [1000, 2000, 4000]}, header)
@@ -203,3 +208,6 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     assert entry["tokens"] == 2000 and entry["converged"]["ok"]     # 0.5% change in FVU
     assert 0 < entry["runs"]["2000/seed0"]["mmcs"] <= 1                # both seeds were at hand
     assert (out / name / "cfg.json").exists() and (out / f"{name}-seed1" / "cfg.json").exists()
+    assert entry["hardware"] == ["CPU", "NVIDIA H100"]
+    rows = [r for r in (out / "REFERENCE_CARD.md").read_text().splitlines() if r.startswith("| top")]
+    assert [("(on NVIDIA H100)" in r) for r in rows] == [True, False]   # 1,000 and 2,000 tokens

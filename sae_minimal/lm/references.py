@@ -185,6 +185,22 @@ def _hardware(card: dict) -> str:
             "alone would take less")
 
 
+def _where(card: dict, run: dict) -> str:
+    """" (on <hardware>)" for a run trained elsewhere than the card's machine, else ""."""
+    where = run.get("hardware", card.get("hardware", "CPU"))
+    return "" if where == card.get("hardware", "CPU") else f" (on {where})"
+
+
+def _elsewhere_note(card: dict) -> str:
+    """A sentence for a card whose runs did not all train on its machine."""
+    if not any(_where(card, run) for entry in card["saes"].values()
+               for run in entry["runs"].values()):
+        return ""
+    return (" Seconds marked with another machine's name are that run's, trained there (several "
+            "runs sharing one GPU), on training activations computed there by "
+            "`scripts/standin_plain.py`, which agree with the CPU's to about 1e-5.")
+
+
 def card_markdown(card: dict) -> str:
     """REFERENCE_CARD.md from the card: one table row per SAE and budget."""
     lines = ["# Reference SAEs",
@@ -198,7 +214,8 @@ def card_markdown(card: dict) -> str:
              f"(seconds: wall time of each training loop on {_hardware(card)}). "
              "Each row is a run from scratch with its own schedule. Converged: from T/2 to T "
              "tokens, FVU and MMCS change by under 2% relative and the dead fraction by under 2% "
-             "relative or 0.2 percentage points.",
+             "relative or 0.2 percentage points."
+             + _elsewhere_note(card),
              "",
              "| SAE | settings | tokens | seconds | FVU | L0 | dead | dense | CE recovered | KL "
              "| MMCS to twin | converged |",
@@ -217,7 +234,8 @@ def card_markdown(card: dict) -> str:
                 + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
             lines.append(f"| {name} | {settings if final else ''} | "
-                         f"{tokens:,} | {run['seconds']:.0f} | {run['fvu']:.4f} | "
+                         f"{tokens:,} | {run['seconds']:.0f}{_where(card, run)} | "
+                         f"{run['fvu']:.4f} | "
                          f"{_cells(run)} | {mmcs} | {verdict} |")
     for ladder in card.get("ladders", []):
         lines += _ladder_markdown(ladder)
