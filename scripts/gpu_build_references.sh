@@ -25,8 +25,9 @@ timeout -k 15 $(( ${DEADLINE:-420} + 60 )) python3 scripts/build_reference_saes.
   --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} 2>&1 \
   | grep -v "sparse/dense crossover\|if len(indices) > DOT_SHARE" | tee "$OUT/log.txt"
 pkill -9 -f multiprocessing.spawn 2>/dev/null
-python3 -c "import torch; torch.save(torch.load('$WORK/held_out.pt')['x_eval'][:8192].clone(), \
+python3 -c "import torch; torch.save(torch.load('$WORK/held_out.pt')['x_eval'][:4096].clone(), \
   '$OUT/x_eval_head.pt')"
-(cd "$WORK/runs" && tar cf /tmp/runs.tar --exclude=training_checkpoint.pt . \
+# smallest references first: if the pieces pass what comes back (64 MiB), the tar's tail is lost
+(cd "$WORK/runs" && tar cf /tmp/runs.tar --exclude=training_checkpoint.pt $(du -s * | sort -n | cut -f2) \
   && split -b 15m /tmp/runs.tar "$OUT/runs.tar.part-")
 ls -la "$OUT"; echo "total $(( $(date +%s) - T0 )) s"
