@@ -211,3 +211,23 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     assert entry["hardware"] == ["CPU", "NVIDIA H100"]
     rows = [r for r in (out / "REFERENCE_CARD.md").read_text().splitlines() if r.startswith("| top")]
     assert [("(on NVIDIA H100)" in r) for r in rows] == [True, False]   # 1,000 and 2,000 tokens
+
+
+def test_import_ladder_replaces_a_ladder_in_its_place(tmp_path):
+    """--import-ladder: a ladder imported again under its label replaces the old one where it was
+    (notebook 04 marks the ladders by their order), with the runs' metrics minus their curves."""
+    build = _script("build_reference_saes")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    old = [{"hardware": h, "note": "old", "runs": {}} for h in ("H100", "CPU")]
+    build.save_card(out, {**json.loads((refs.REFERENCE_DIR / refs.CARD_JSON).read_text()),
+                          "ladders": old})
+    folder = runs / "topk-k16-2048" / "8000000" / "seed0"
+    folder.mkdir(parents=True)
+    metrics = {"fvu": 0.1, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+               "seconds": 1.0, "lr": 1e-3, "curve": {"tokens": [1]}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    build.import_ladder(runs, out, "new", "H100")
+    ladders = json.loads((out / refs.CARD_JSON).read_text())["ladders"]
+    assert [(lad["hardware"], lad["note"]) for lad in ladders] == [("H100", "new"), ("CPU", "old")]
+    assert ladders[0]["runs"]["topk-k16-2048"]["8000000/seed0"]["fvu"] == 0.1
+    assert "curve" not in ladders[0]["runs"]["topk-k16-2048"]["8000000/seed0"]

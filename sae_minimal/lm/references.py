@@ -198,7 +198,7 @@ def _elsewhere_note(card: dict) -> str:
         return ""
     return (" Seconds marked with another machine's name are that run's, trained there (several "
             "runs sharing one GPU), on training activations computed there by "
-            "`scripts/standin_plain.py`, which agree with the CPU's to about 1e-5.")
+            "`scripts/standin_plain.py`, which agree with the CPU's to about 1e-6 (relative).")
 
 
 def card_markdown(card: dict) -> str:
