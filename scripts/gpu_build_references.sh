@@ -20,11 +20,12 @@ if nvidia-cuda-mps-control -d 2>/dev/null; then
   timeout 60 python3 -c "import torch; torch.ones(1).cuda()" || echo quit | nvidia-cuda-mps-control
 fi
 WORK=${WORK:-/tmp/refs_work}; REFS=${REFS:-/tmp/refs}
+# the build stops its workers itself; past the deadline, timeout stops the whole process group
+# (no pkill of every multiprocessing worker: on a shared machine that kills other builds too)
 timeout -k 15 $(( ${DEADLINE:-420} + 60 )) python3 scripts/build_reference_saes.py --plain-model \
   --device ${DEVICE:-cuda} --jobs ${JOBS:-7} ${TOKENS:+--tokens $TOKENS} --rungs ${RUNGS:-2} \
   --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} 2>&1 \
   | grep -v "sparse/dense crossover\|if len(indices) > DOT_SHARE" | tee "$OUT/log.txt"
-pkill -9 -f multiprocessing.spawn 2>/dev/null
 python3 -c "import torch; torch.save(torch.load('$WORK/held_out.pt')['x_eval'][:4096].clone(), \
   '$OUT/x_eval_head.pt')"
 # smallest references first: if the pieces pass what comes back (64 MiB), the tar's tail is lost
