@@ -25,7 +25,7 @@ WORK=${WORK:-/tmp/refs_work}; REFS=${REFS:-/tmp/refs}
 timeout -k 15 $(( ${DEADLINE:-420} + 60 )) python3 scripts/build_reference_saes.py --plain-model \
   --device ${DEVICE:-cuda} --jobs ${JOBS:-7} ${TOKENS:+--tokens $TOKENS} --rungs ${RUNGS:-2} \
   --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} 2>&1 \
-  | grep -v "sparse/dense crossover\|if len(indices) > DOT_SHARE" | tee "$OUT/log.txt"
+  | awk '!($0 in seen) { seen[$0]; print; fflush() }' | tee "$OUT/log.txt"   # a warning once, not per run
 python3 -c "import torch; torch.save(torch.load('$WORK/held_out.pt')['x_eval'][:4096].clone(), \
   '$OUT/x_eval_head.pt')"
 # smallest references first: if the pieces pass what comes back (64 MiB), the tar's tail is lost
