@@ -10,6 +10,11 @@
 #
 # Measured on an 80 GB H100 (2026-11-26): 7 runs at a time fit (14 ran out of memory, before
 # evaluate_sae stopped keeping [n, d_sae] latents) and trained about 0.9M tokens a second in all.
+# 2026-11-27, same GPU: 8 runs at once (JumpReLU-2048, TopK-8192, Matryoshka-8192) trained about
+# 1M tokens a second in all, but each run more slowly than beside 6 others (JumpReLU 188k tokens/s
+# against 333k); DEADLINE=515 fit one 600-second command (538 s from start to the last piece).
+# A run of 128M tokens needs 256k tokens/s to finish inside one command: at these speeds those are
+# CPU work (a checkpoint resumes only on the activations it began with, so not on the CPU).
 # JOBS, TOKENS (one T for all), RUNGS, DEADLINE (seconds), ONLY and DEVICE choose.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
