@@ -187,8 +187,9 @@ def _hardware(card: dict) -> str:
 
 def _where(card: dict, run: dict) -> str:
     """" (on <hardware>)" for a run trained elsewhere than the card's machine, else ""."""
-    where = run.get("hardware", card.get("hardware", "CPU"))
-    return "" if where == card.get("hardware", "CPU") else f" (on {where})"
+    home = card.get("hardware", "CPU")
+    where = run.get("hardware", home)
+    return "" if where == home else f" (on {where})"
 
 
 def _elsewhere_note(card: dict) -> str:
