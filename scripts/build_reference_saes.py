@@ -231,17 +231,20 @@ def save_card(out: Path, card: dict) -> None:
     (out / "REFERENCE_CARD.md").write_text(card_markdown(card))
 
 
-def import_ladder(runs_root: Path, out: Path, note: str, hardware: str) -> None:
+def import_ladder(runs_root: Path, out: Path, note: str, hardware: str,
+                  curves: bool = False) -> None:
     """Put the metrics of finished runs (``runs_root``/<name>/<tokens>/seed<i>/metrics.json, as a
     build's work folder holds them; weights not needed) into the card as the ladder of
     ``hardware`` (replacing an earlier one of that label): held-out metrics against the training
     budget, e.g. from a GPU build whose weights were not kept. MMCS comes along where the build
-    had both seeds' weights (``add_mmcs`` wrote it into seed0's metrics)."""
+    had both seeds' weights (``add_mmcs`` wrote it into seed0's metrics). Training curves are left
+    out unless ``curves`` (short runs log densely: notebook 07 reads their first tokens)."""
     runs = {}
     for path in sorted(runs_root.glob("*/*/seed*/metrics.json")):
         name, tokens, seed = path.parts[-4:-1]
         metrics = json.loads(path.read_text())
-        metrics.pop("curve", None)
+        if not curves:
+            metrics.pop("curve", None)
         runs.setdefault(name, {})[f"{tokens}/{seed}"] = metrics
     runs = {n: dict(sorted(runs[n].items(), key=lambda kv: int(kv[0].split("/")[0])))
             for n in RECIPES if n in runs}
@@ -334,6 +337,7 @@ def main() -> None:
                     "metrics.json into the card's ladder (with --ladder-note), then stop")
     ap.add_argument("--ladder-note", default="", help="where and how the ladder's runs ran")
     ap.add_argument("--ladder-hardware", default="CPU", help="the ladder's label (e.g. H100)")
+    ap.add_argument("--ladder-curves", action="store_true", help="keep the runs' training curves")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -342,7 +346,7 @@ def main() -> None:
         return finalize(out)
     if args.import_ladder:
         return import_ladder(Path(args.import_ladder), out, args.ladder_note,
-                             args.ladder_hardware)
+                             args.ladder_hardware, args.ladder_curves)
     names = args.only or list(RECIPES)
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:

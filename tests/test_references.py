@@ -231,3 +231,24 @@ def test_import_ladder_replaces_a_ladder_in_its_place(tmp_path):
     assert [(lad["hardware"], lad["note"]) for lad in ladders] == [("H100", "new"), ("CPU", "old")]
     assert ladders[0]["runs"]["topk-k16-2048"]["8000000/seed0"]["fvu"] == 0.1
     assert "curve" not in ladders[0]["runs"]["topk-k16-2048"]["8000000/seed0"]
+    build.import_ladder(runs, out, "short runs", "CPU, short", curves=True)
+    kept = json.loads((out / refs.CARD_JSON).read_text())["ladders"][-1]
+    assert kept["hardware"] == "CPU, short"
+    assert kept["runs"]["topk-k16-2048"]["8000000/seed0"]["curve"] == {"tokens": [1]}
+
+
+def test_budget_runs_joins_table_and_ladders_the_table_first_then_the_later_ladder():
+    """Held-out FVU against budget reads every run of a recipe; a budget measured twice is taken
+    from the card's table, else from the later ladder (the current recipe), each labelled."""
+    def run(fvu):
+        return {"fvu": fvu}
+    card = {"saes": {"a": {"runs": {"4/seed0": run(0.4), "4/seed1": run(0.41), "8/seed0": run(0.3)}}},
+            "ladders": [{"hardware": "H100", "runs": {"a": {"2/seed0": run(0.6), "4/seed0": run(0.9),
+                                                            "16/seed0": run(0.25)}}},
+                        {"hardware": "CPU", "runs": {"a": {"16/seed0": run(0.2), "32/seed1": run(0.1)}}}]}
+    got = refs.budget_runs(card, "a")
+    assert list(got) == [2, 4, 8, 16]
+    assert [(r["source"], r["fvu"]) for r in got.values()] == [
+        ("H100", 0.6), ("card", 0.4), ("card", 0.3), ("CPU", 0.2)]
+    assert {t: r["fvu"] for t, r in refs.budget_runs(card, "a", 1).items()} == {4: 0.41, 32: 0.1}
+    assert refs.budget_runs(card, "missing") == {}

@@ -56,7 +56,7 @@ from .evaluation import ablation_ce, evaluate_sae, latent_density
 from ..io import as_sae, load_sae, save_sae
 from ..metrics import mmcs
 from .models import GPT2_SHAPED, fingerprint, lm_name, load_lm
-from .references import (RECIPES, list_references, load_reference, reference_card, seed_runs,
+from .references import (RECIPES, budget_runs, list_references, load_reference, reference_card, seed_runs,
                          training_curve, twin_of)
 from .text import load_tokens
 from ..train import History, default_lr, train_concurrently, train_sae
@@ -368,6 +368,16 @@ class Lab:
                 runs[n_tokens] = run
             self._reference_runs[name] = runs
         return self._reference_runs[name]
+
+    def reference_budgets(self, name: str) -> dict[int, dict]:
+        """Held-out metrics of reference ``name``'s recipe at every training budget there is, each
+        a run from scratch with its own schedule: {tokens: metrics with "source"}. For the shipped
+        references the card's table and its ladders (``references.budget_runs``; ladder runs have
+        no training "curve"); otherwise the two runs ``reference_runs`` trains here."""
+        base, index = self._reference_name(name)
+        if self.shipped_references:
+            return budget_runs(reference_card(), base, index)
+        return {t: {**run, "source": str(self.device)} for t, run in self.reference_runs(name).items()}
 
     def reference_seed(self, name: str) -> int:
         """The random seed reference ``name`` was initialised (and its data ordered) with."""

@@ -75,6 +75,23 @@ def seed_runs(runs: dict, index: int = 0) -> dict[int, dict]:
     return dict(sorted(picked.items()))
 
 
+def budget_runs(card: dict, name: str, index: int = 0) -> dict[int, dict]:
+    """Every run of reference ``name``'s recipe (its ``index``-th seed) at every training budget the
+    card holds, its table's and its ladders': {tokens: metrics}, ascending, each with "source" (the
+    table: "card", else the ladder's hardware). Each budget is a run from scratch with its own
+    schedule, so the runs together give held-out FVU against training tokens. Where a budget occurs
+    more than once the table's run wins, then the later ladder's (later ladders ran the current
+    recipe; an early one used other seeds)."""
+    found = {}
+    sources = [("card", card["saes"].get(name, {}).get("runs", {}))]
+    sources += [(ladder["hardware"], ladder["runs"].get(name, {}))
+                for ladder in reversed(card.get("ladders", []))]
+    for source, runs in sources:
+        for tokens, run in seed_runs(runs, index).items():
+            found.setdefault(tokens, {**run, "source": source})
+    return dict(sorted(found.items()))
+
+
 @lru_cache(maxsize=1)
 def _card(folder: str) -> dict:
     path = Path(folder) / CARD_JSON
@@ -271,5 +288,5 @@ def _change(run: dict, half: dict | None, key: str) -> str:
 
 
 __all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
-           "seed_runs", "training_curve", "twin_of", "GPT2_PRETRAINED", "RECIPES", "REFERENCE_DIR",
+           "seed_runs", "budget_runs", "training_curve", "twin_of", "GPT2_PRETRAINED", "RECIPES", "REFERENCE_DIR",
            "HOOK"]
