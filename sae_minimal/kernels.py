@@ -409,8 +409,10 @@ def measure_sparse_crossover(device: torch.device | str, *, d_in: int = 768, d_s
     """The code density below which a ReLU SAE's sparse forward + backward (``sparse_encode``,
     ``decode_code``) beats the dense one on ``device``: both are timed at densities 1/1024 ...
     1/2; returns the geometric middle between the last density where sparse wins and the first
-    where it loses (0 if it never wins, 1/2 if it always does). fp32, outside any autocast;
-    ``verbose`` prints the times."""
+    where it loses (0 if it never wins, 1/2 if it always does). Running out of memory at a
+    density counts as a loss there: it ends the search instead of the caller's crossover (a GPU
+    build of two runs side by side fell back to the dense path for good that way). fp32, outside
+    any autocast; ``verbose`` prints the times."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, d_in, generator=gen).to(device)
@@ -444,7 +446,13 @@ def measure_sparse_crossover(device: torch.device | str, *, d_in: int = 768, d_s
         last_win = 0.0
         for density in [2.0**-e for e in range(10, 0, -1)]:
             threshold = float(sample.quantile(1 - density))
-            sparse, dense = seconds(threshold, True), seconds(threshold, False)
+            try:
+                sparse, dense = seconds(threshold, True), seconds(threshold, False)
+            except torch.OutOfMemoryError:   # the sparse path's [nnz]-sized buffers at a dense
+                sparse, dense = math.inf, 0.0    # code (or a GPU shared with other runs): a loss
+            finally:
+                if device.type == "cuda":    # give back what the timings cached, for training
+                    torch.cuda.empty_cache()
             if verbose:
                 print(f"density {density:.4f}: sparse {sparse * 1e3:7.1f} ms, "
                       f"dense {dense * 1e3:7.1f} ms ({dense / sparse:.2f}x)")

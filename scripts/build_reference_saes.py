@@ -112,9 +112,11 @@ def load_model(device: str, plain: bool):
 _DATA: dict = {}
 
 
-def _init_worker(work: str, device: str, plain: bool) -> None:
-    """Each worker loads the training activations onto its device once, and the held-out data."""
+def _init_worker(work: str, device: str, plain: bool, every: float) -> None:
+    """Each worker loads the training activations onto its device once, and the held-out data;
+    its runs save a checkpoint every ``every`` seconds."""
     torch.set_num_threads(1)
+    _DATA["checkpoint_every"] = every
     work = Path(work)
     _DATA.update(torch.load(work / "held_out.pt"))
     _DATA["x_eval"], _DATA["mean_act"] = _DATA["x_eval"].to(device), _DATA["mean_act"].to(device)
@@ -132,7 +134,7 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     # a run killed part-way (a closed session) goes on from its last checkpoint when called again
     hist = sm.train_sae(sae, _DATA["x_train"], n_tokens=n_tokens, batch_size=BATCH, seed=seed,
                         progress=False, device=device, checkpoint=folder / CHECKPOINT,
-                        checkpoint_every=CHECKPOINT_EVERY)
+                        checkpoint_every=_DATA["checkpoint_every"])
     seconds = hist["seconds"]       # the training loop's, summed over the calls that resumed it
     as_shipped(sae.eval())
     density = latent_density(sae, _DATA["x_eval"])
@@ -370,14 +372,17 @@ def main() -> None:
     # a `timeout` (SIGTERM) still stops the workers and ships what is done
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("SIGTERM: shipping what is done."))
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(args.jobs, _init_worker, (str(work), args.device, args.plain_model))
+    # under a deadline (a GPU lease) the runs save often enough for the last report to say how far
+    # each got: the speed the next lease is planned with
+    every = min(CHECKPOINT_EVERY, args.deadline / 3) if args.deadline else CHECKPOINT_EVERY
+    pool = ctx.Pool(args.jobs, _init_worker, (str(work), args.device, args.plain_model, every))
     pending = [pool.apply_async(_run_safely, unit) for unit in todo]
-    next_report = time.perf_counter() + CHECKPOINT_EVERY + 120   # just after the runs' saves
+    next_report = time.perf_counter() + every + 120   # just after the runs' saves
     try:
         while pending:
             time.sleep(1)
             if time.perf_counter() > next_report:   # long runs: how far each has got
-                next_report += CHECKPOINT_EVERY
+                next_report += every
                 report_progress(work, todo, time.perf_counter() - t_start)
             for job in [j for j in pending if j.ready()]:
                 pending.remove(job)
@@ -397,6 +402,7 @@ def main() -> None:
                     traceback.print_exc()
             if args.deadline is not None and time.perf_counter() - t_start > args.deadline:
                 print(f"Deadline: {len(pending)} runs not finished; shipping what is done.")
+                report_progress(work, todo, time.perf_counter() - t_start)
                 break
     finally:
         pool.terminate()

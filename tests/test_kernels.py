@@ -265,3 +265,18 @@ def test_measure_sparse_crossover_returns_a_density():
     crossover = kernels.measure_sparse_crossover("cpu", d_in=8, d_sae=256, batch=32, repeats=1)
     assert 0.0 <= crossover <= 0.5
     assert 0 < kernels.SPARSE_MAX_DENSITY["cpu"] < 1
+
+
+def test_measure_sparse_crossover_counts_running_out_of_memory_as_a_loss(monkeypatch):
+    """A sparse step that runs out of memory at a dense code (as two GPU runs measuring side by side
+    did) ends the search at that density: no exception, a crossover below it."""
+    batch, d_sae, decode = 32, 256, kernels.decode_code
+
+    def decode_or_oom(code, W_dec, b_dec=None):
+        if len(code.indices) > batch * d_sae / 64:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(code, W_dec, b_dec)
+
+    monkeypatch.setattr(kernels, "decode_code", decode_or_oom)
+    crossover = kernels.measure_sparse_crossover("cpu", d_in=8, d_sae=d_sae, batch=batch, repeats=1)
+    assert 0.0 <= crossover < 1 / 32
