@@ -16,9 +16,10 @@
 # A run of 128M tokens needs 256k tokens/s to finish inside one command: at these speeds those are
 # CPU work (a checkpoint resumes only on the activations it began with, so not on the CPU).
 # 2026-11-28, same GPU: TopK-8192 at 128M and Matryoshka-8192 at 64M, the two alone (JOBS=2),
-# did not finish by DEADLINE=540: a run's speed is bound by its own process (Python and kernel
-# launches at batch 1024), not by the GPU, so fewer runs side by side do not make each faster. Both
-# also ran on the dense path: measuring the sparse/dense crossover side by side ran out of memory
+# did not finish by DEADLINE=540, so each ran under 250k and 125k tokens/s: under 1.9x and 1.5x
+# their speed beside 7 others. Fewer runs side by side barely speed each up (likely bound by its
+# own process: Python and kernel launches at batch 1024). Both also ran on the dense path, which
+# may have cost some of it: measuring the sparse/dense crossover side by side ran out of memory
 # (since then an out-of-memory there counts as "sparse loses" instead). Under a deadline the runs
 # now checkpoint every DEADLINE/3 seconds, so the log ends with how far each got.
 # JOBS, TOKENS (one T for all), RUNGS, DEADLINE (seconds), ONLY and DEVICE choose.
