@@ -225,7 +225,31 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
             shutil.copytree(run_dir(work, name, top, i), folder,
                             ignore=shutil.ignore_patterns("density.pt", "metrics.json"))
     card["saes"] = {n: saes[n] for n in RECIPES if n in saes}
+    for line in prune_ladders(card):
+        print(line, flush=True)
     save_card(out, card)
+
+
+SAME_RUN = ("fvu", "l0", "dead", "seconds")   # held-out numbers and its own clock: one run, not two
+
+
+def prune_ladders(card: dict) -> list[str]:
+    """Drop from the card's ladders every run its table now holds (a ladder run that became a
+    shipped reference's T/2 or T, e.g. the CPU ladder's 64M and 128M): a run counted twice would
+    weigh twice in notebook 07's fits. Returns what was dropped, for the log (a ladder's note may
+    then need an update)."""
+    dropped = []
+    for ladder in card.get("ladders", []):
+        for name, runs in list(ladder["runs"].items()):
+            table = card["saes"].get(name, {}).get("runs", {})
+            for key, run in list(runs.items()):
+                if key in table and all(table[key].get(f) == run.get(f) for f in SAME_RUN):
+                    del runs[key]
+                    dropped.append(f"ladder {ladder['hardware']}: {name} {key} is in the table now; "
+                                   "dropped from the ladder (check its note)")
+            if not runs:
+                del ladder["runs"][name]
+    return dropped
 
 
 def save_card(out: Path, card: dict) -> None:

@@ -252,3 +252,31 @@ def test_budget_runs_joins_table_and_ladders_the_table_first_then_the_later_ladd
         ("H100", 0.6), ("card", 0.4), ("card", 0.3), ("CPU", 0.2)]
     assert {t: r["fvu"] for t, r in refs.budget_runs(card, "a", 1).items()} == {4: 0.41, 32: 0.1}
     assert refs.budget_runs(card, "missing") == {}
+
+
+def test_write_card_drops_ladder_runs_the_table_now_holds(tmp_path):
+    """A ladder run that becomes a shipped reference's T/2 or T (the same run: same held-out numbers
+    and seconds) leaves the ladder, so no budget is counted twice; other ladder runs stay."""
+    build = _script("build_reference_saes")
+    name = "topk-k16-512"                                           # one seed
+    run = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+           "seconds": 5.0}
+    for n in (1000, 2000):
+        folder = build.run_dir(tmp_path / "work", name, n, 0)
+        sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=0), folder, hook_name=refs.HOOK)
+        (folder / "metrics.json").write_text(json.dumps({**run, "fvu": 0.2 - n / 1e5}))
+    other = {**run, "fvu": 0.3}                                     # another run at 1000 tokens
+    ladders = [{"hardware": "CPU", "note": "", "runs": {name: {
+        "500/seed0": run, **{f"{n}/seed0": {**run, "fvu": 0.2 - n / 1e5} for n in (1000, 2000)}}}},
+               {"hardware": "H100", "note": "", "runs": {name: {"1000/seed0": other}}}]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / refs.CARD_JSON).write_text(json.dumps({"ladders": ladders}))
+    header = {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
+              "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
+              "held_out_activations": 100}
+    build.write_card(tmp_path / "work", out, {name: [1000, 2000]}, header)
+    card = json.loads((out / refs.CARD_JSON).read_text())
+    assert list(card["saes"][name]["runs"]) == ["1000/seed0", "2000/seed0"]
+    assert card["ladders"][0]["runs"] == {name: {"500/seed0": run}}
+    assert card["ladders"][1]["runs"] == {name: {"1000/seed0": other}}
