@@ -196,6 +196,7 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
     the largest budget both its seeds finished (its verdict needs half that budget finished too)."""
     card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
     card.update(header)
+    card.pop("tokens_note", None)    # an older build's one T for all (each reference has its own)
     saes = card.get("saes", {})
     for name in budgets:
         cls, _, seeds = RECIPES[name]

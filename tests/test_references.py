@@ -254,7 +254,7 @@ def test_budget_runs_joins_table_and_ladders_the_table_first_then_the_later_ladd
     assert refs.budget_runs(card, "missing") == {}
 
 
-def test_write_card_drops_ladder_runs_the_table_now_holds(tmp_path):
+def test_write_card_drops_ladder_runs_the_table_now_holds_and_stale_notes(tmp_path):
     """A ladder run that becomes a shipped reference's T/2 or T (the same run: same held-out numbers
     and seconds) leaves the ladder, so no budget is counted twice; other ladder runs stay."""
     build = _script("build_reference_saes")
@@ -271,7 +271,7 @@ def test_write_card_drops_ladder_runs_the_table_now_holds(tmp_path):
                {"hardware": "H100", "note": "", "runs": {name: {"1000/seed0": other}}}]
     out = tmp_path / "out"
     out.mkdir()
-    (out / refs.CARD_JSON).write_text(json.dumps({"ladders": ladders}))
+    (out / refs.CARD_JSON).write_text(json.dumps({"ladders": ladders, "tokens_note": "T = 4M"}))
     header = {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
               "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
               "held_out_activations": 100}
@@ -280,3 +280,4 @@ def test_write_card_drops_ladder_runs_the_table_now_holds(tmp_path):
     assert list(card["saes"][name]["runs"]) == ["1000/seed0", "2000/seed0"]
     assert card["ladders"][0]["runs"] == {name: {"500/seed0": run}}
     assert card["ladders"][1]["runs"] == {name: {"1000/seed0": other}}
+    assert "tokens_note" not in card              # an older build's one T for all: stale now
