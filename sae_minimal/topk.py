@@ -80,10 +80,12 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
     if n_dead == 0 or coeff == 0:
         return pre.new_zeros(())
     k = min(k_aux, n_dead)
-    dead_pre = pre.masked_fill(~dead, float("-inf"))
     e = (x - x_hat).detach()                     # the main model is not trained by this term
-    values, indices = topk_select(dead_pre, k)
-    e_hat = sparse_decode(indices, values, sae.W_dec)   # no b_dec: it is already in x_hat
+    # the top k of the dead columns only: the same entries as the top k of pre with every live
+    # column masked to -inf, without a masked [B, d_sae] copy (a wide SAE has few dead latents)
+    dead_idx = dead.nonzero().squeeze(1)
+    values, j = topk_select(pre[:, dead_idx], k)
+    e_hat = sparse_decode(dead_idx[j], values, sae.W_dec)   # no b_dec: it is already in x_hat
     var_e = mse(e.mean(0).expand_as(e), e)
     var_x = mse(x.mean(0).expand_as(x), x).detach()
     # e constant over the batch (B = 1): no variance to normalise by; then Var(x) = 0 too

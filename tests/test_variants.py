@@ -174,3 +174,34 @@ def test_jumprelu_sae_loss_is_mse_plus_l0_price():
     torch.testing.assert_close(out.latents, pre * on)
     torch.testing.assert_close(out.losses["mse"], mse(out.x_hat, x))
     torch.testing.assert_close(out.losses["l0"], 0.7 * on.sum(-1).float().mean())
+
+
+def test_auxk_takes_the_top_k_of_the_dead_latents_as_the_masked_formula_does():
+    """auxk_loss selects among the dead columns directly; it equals the paper's formula written
+    with every live column of pre masked to -inf (the same loss, gradients up to summation order)."""
+    from sae_minimal.topk import auxk_loss
+    torch.manual_seed(0)
+    sae = sm.TopKSAE(16, 256, k=4, k_aux=8, seed=0)
+    dead = torch.zeros(256, dtype=torch.bool)
+    dead[torch.randperm(256)[:20]] = True
+    sae.tokens_since_fired[dead] = 10**9
+    x, x_hat = torch.randn(64, 16), torch.randn(64, 16)
+
+    def masked(pre):
+        values, indices = pre.masked_fill(~dead, float("-inf")).topk(8, dim=-1)
+        e = x - x_hat
+        e_hat = torch.zeros(64, 256).scatter(-1, indices, values.relu()) @ sae.W_dec
+        var = lambda v: mse(v.mean(0).expand_as(v), v)
+        return sae.aux_coeff * min(20 / 8, 1.0) * var(x) / var(e) * mse(e_hat, e)
+
+    grads = []
+    for loss_fn in (lambda pre: auxk_loss(sae, x, x_hat, pre, 8, sae.aux_coeff), masked):
+        sae.zero_grad()
+        loss = loss_fn(x @ sae.W_enc + sae.b_enc)
+        loss.backward()
+        grads.append((loss.detach(), sae.W_enc.grad.clone(), sae.W_dec.grad.clone()))
+    (l0, ge0, gd0), (l1, ge1, gd1) = grads
+    torch.testing.assert_close(l0, l1)
+    torch.testing.assert_close(ge0, ge1)
+    torch.testing.assert_close(gd0, gd1)
+    assert (ge0 != 0).any(dim=0).sum() <= 20                      # only dead columns are trained
