@@ -41,11 +41,11 @@ fingerprint (which the lab checks) and cross-check one reference's metrics on th
 Deterministic on a given machine: the data order and the initialisation come from each run's
 seed. A GPU's floating-point sums differ from a CPU's, so a rebuild elsewhere gives SAEs that agree
 in their metrics, not bit for bit. The shipped set was built on a 2-core CPU (see the card).
-So do two versions of the code that sum in another order: TopK, BatchTopK and Matryoshka runs that
-started before commit "auxk_loss: top k of the dead columns" (2026-11-28; TopK-2048, BatchTopK-2048,
-Matryoshka-2048) selected AuxK's latents from a masked copy of pre, the same entries and the same
-loss, with gradients that differ by about 1e-9; a rebuild with this code agrees with them in their
-metrics.
+So do two versions of the code that sum in another order: the TopK, BatchTopK and Matryoshka runs
+that started before commit "auxk_loss: top k of the dead columns" (2026-11-28: TopK-2048,
+BatchTopK-2048, Matryoshka-2048 at 64M; on the H100 TopK-8192 at 32M and 64M, Matryoshka-8192 at
+32M) took AuxK's latents from a masked copy of pre: the same entries and the same loss, with
+gradients that differ by about 1e-9. A rebuild with this code agrees with them in their metrics.
 """
 
 from __future__ import annotations
