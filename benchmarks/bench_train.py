@@ -5,6 +5,7 @@ every variant, side by side in one process.
     python benchmarks/bench_train.py --crossover   # the sparse/dense crossover of this device
     python benchmarks/bench_train.py --lab         # the lab's training end to end vs the step
     python benchmarks/bench_train.py --decode      # sparse vs dense TopK decoding across d_sae
+    python benchmarks/bench_train.py --auxk        # AuxK: top k of the dead columns vs a masked pre
     python benchmarks/bench_train.py --matmuls     # share of each step spent in dense matmuls
     python benchmarks/bench_train.py --concurrent  # a sweep one after the other vs two side by side
 
@@ -452,6 +453,39 @@ def bench_decode(args) -> None:
               f"{t['dense'] / t['sparse']:>9.1f}x")
 
 
+def bench_auxk(args) -> None:
+    """AuxK's loss forward + backward (into pre and W_dec), as ``topk.auxk_loss`` computes it (the
+    top k_aux of the dead columns) against the masked formula it equals (every live column of pre
+    set to -inf, then the top k_aux of all d_sae), across the number of dead latents."""
+    from sae_minimal.topk import auxk_loss
+    d_in, d_sae, batch, k_aux = 256, 8192, 1024, 128
+    print(f"AuxK, d_in {d_in}, d_sae {d_sae}, batch {batch}, k_aux {k_aux}: forward+backward "
+          "time per step\n")
+    print(f"{'dead':>7}{'masked ms':>11}{'dead cols ms':>14}{'speed-up':>10}")
+    sae = sm.TopKSAE(d_in, d_sae, k=32, k_aux=k_aux, seed=0).to(args.device)
+    x, x_hat = (torch.randn(batch, d_in, device=args.device) for _ in range(2))
+    pre = torch.randn(batch, d_sae, device=args.device, requires_grad=True)
+    for n_dead in (8, 80, 800, 4000):
+        sae.tokens_since_fired.zero_()
+        sae.tokens_since_fired[torch.randperm(d_sae)[:n_dead]] = sae.dead_window
+        dead = sae.dead_mask()
+
+        def masked():
+            values, indices = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), -1)
+            e = x - x_hat
+            kernels.sparse_decode(indices, values.relu(), sae.W_dec).sub(e).pow(2).sum().backward()
+
+        def dead_cols():
+            auxk_loss(sae, x, x_hat, pre, k_aux, 1.0).backward()
+        t = {}
+        for name, fn in (("masked", masked), ("dead", dead_cols)):
+            fn()
+            t[name] = statistics.median(time_steps(lambda _: fn(), None, 3, args.device)
+                                        for _ in range(args.repeats))
+        print(f"{n_dead:>7}{t['masked'] * 1e3:>11.1f}{t['dead'] * 1e3:>14.1f}"
+              f"{t['masked'] / t['dead']:>9.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,12 +501,13 @@ def main() -> None:
     ap.add_argument("--lab", action="store_true", help="the lab's training vs the isolated step")
     ap.add_argument("--lab-tokens", type=int, default=100_000, help="tokens per --lab run")
     ap.add_argument("--decode", action="store_true", help="sparse vs dense TopK decoding")
+    ap.add_argument("--auxk", action="store_true", help="AuxK: dead columns vs a masked pre")
     ap.add_argument("--matmuls", action="store_true", help="profile the share of dense matmuls")
     ap.add_argument("--concurrent", action="store_true",
                     help="a lab sweep one after the other vs two side by side (--lab-tokens each)")
     args = ap.parse_args()
     (bench_crossover if args.crossover else bench_lab if args.lab else bench_decode if args.decode
-     else bench_matmul_share if args.matmuls else bench_concurrent if args.concurrent
+     else bench_auxk if args.auxk else bench_matmul_share if args.matmuls else bench_concurrent if args.concurrent
      else bench_train)(args)
 
 
