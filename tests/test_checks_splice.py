@@ -153,7 +153,9 @@ def test_a_function_that_never_returns_is_stopped(setup, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(CheckFailed, match="did not return within 0.2 s"):
         check_ce_loss_recovered(spin, model, sae, HOOK, tokens)
-    assert time.perf_counter() - t0 < 5
+    # stopped, not hung: spin never returns, so any finite bound tells; a loose one, because the
+    # checker's own forward passes take seconds on a loaded 2-core machine (5.7 s seen under CI)
+    assert time.perf_counter() - t0 < 120
 
 
 def test_a_division_by_zero_in_the_answer_is_explained(setup):

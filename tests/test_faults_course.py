@@ -147,7 +147,7 @@ def test_every_checker_stops_a_function_that_never_returns(checker, monkeypatch)
     t0 = time.perf_counter()
     with pytest.raises(checks.CheckFailed, match="did not return within 0.2 s: an infinite loop"):
         checker(spin)
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 60       # stopped, not hung (loose: a loaded machine is slow)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "the alarm must be cancelled"
     assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None)
 
