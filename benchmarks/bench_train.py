@@ -427,6 +427,17 @@ def bench_matmul_share(args) -> None:
               f"top ops: {top}")
 
 
+def median_seconds(fns: dict, args) -> dict[str, float]:
+    """{name: median seconds of one call of fn} over ``args.repeats`` timings of 3 calls each,
+    after a warm-up call."""
+    t = {}
+    for name, fn in fns.items():
+        fn()
+        t[name] = statistics.median(time_steps(lambda _: fn(), None, 3, args.device)
+                                    for _ in range(args.repeats))
+    return t
+
+
 def bench_decode(args) -> None:
     """Forward + backward of the decoder alone, sparse (embedding bag) vs dense, across d_sae."""
     d_in, k, batch = 768, 32, 1024
@@ -444,11 +455,7 @@ def bench_decode(args) -> None:
 
         def sparse():
             kernels.sparse_decode(indices, values, W).sum().backward()
-        t = {}
-        for name, fn in (("dense", dense), ("sparse", sparse)):
-            fn()
-            t[name] = statistics.median(time_steps(lambda _: fn(), None, 3, args.device)
-                                        for _ in range(args.repeats))
+        t = median_seconds({"dense": dense, "sparse": sparse}, args)
         print(f"{d_sae:>7}{k / d_sae:>9.4f}{t['dense'] * 1e3:>10.1f}{t['sparse'] * 1e3:>11.1f}"
               f"{t['dense'] / t['sparse']:>9.1f}x")
 
@@ -477,11 +484,7 @@ def bench_auxk(args) -> None:
 
         def dead_cols():
             auxk_loss(sae, x, x_hat, pre, k_aux, 1.0).backward()
-        t = {}
-        for name, fn in (("masked", masked), ("dead", dead_cols)):
-            fn()
-            t[name] = statistics.median(time_steps(lambda _: fn(), None, 3, args.device)
-                                        for _ in range(args.repeats))
+        t = median_seconds({"masked": masked, "dead": dead_cols}, args)
         print(f"{n_dead:>7}{t['masked'] * 1e3:>11.1f}{t['dead'] * 1e3:>14.1f}"
               f"{t['masked'] / t['dead']:>9.1f}x")
 
