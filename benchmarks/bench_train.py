@@ -510,8 +510,8 @@ def main() -> None:
                     help="a lab sweep one after the other vs two side by side (--lab-tokens each)")
     args = ap.parse_args()
     (bench_crossover if args.crossover else bench_lab if args.lab else bench_decode if args.decode
-     else bench_auxk if args.auxk else bench_matmul_share if args.matmuls else bench_concurrent if args.concurrent
-     else bench_train)(args)
+     else bench_auxk if args.auxk else bench_matmul_share if args.matmuls
+     else bench_concurrent if args.concurrent else bench_train)(args)
 
 
 if __name__ == "__main__":

@@ -75,15 +75,15 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
 
     x, x_hat [B, d_in]; pre [B, d_sae]. Returns 0 when no latent is dead.
     """
-    dead = sae.dead_mask()                       # no firing in the last sae.dead_window tokens
-    n_dead = int(dead.sum())
+    # latents with no firing in the last sae.dead_window tokens
+    dead_idx = sae.dead_mask().nonzero().squeeze(1)
+    n_dead = len(dead_idx)
     if n_dead == 0 or coeff == 0:
         return pre.new_zeros(())
     k = min(k_aux, n_dead)
     e = (x - x_hat).detach()                     # the main model is not trained by this term
     # the top k of the dead columns only: the same entries as the top k of pre with every live
     # column masked to -inf, without a masked [B, d_sae] copy (a wide SAE has few dead latents)
-    dead_idx = dead.nonzero().squeeze(1)
     values, j = topk_select(pre[:, dead_idx], k)
     e_hat = sparse_decode(dead_idx[j], values, sae.W_dec)   # no b_dec: it is already in x_hat
     var_e = mse(e.mean(0).expand_as(e), e)

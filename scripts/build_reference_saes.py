@@ -251,8 +251,8 @@ def prune_ladders(card: dict) -> list[str]:
             for key, run in list(runs.items()):
                 if key in table and all(table[key].get(f) == run.get(f) for f in SAME_RUN):
                     del runs[key]
-                    dropped.append(f"ladder {ladder['hardware']}: {name} {key} is in the table now; "
-                                   "dropped from the ladder (check its note)")
+                    dropped.append(f"ladder {ladder['hardware']}: {name} {key} is in the table "
+                                   "now; dropped from the ladder (check its note)")
             if not runs:
                 del ladder["runs"][name]
     return dropped

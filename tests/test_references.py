@@ -180,6 +180,13 @@ def test_the_shipped_card_markdown_is_made_from_card_json():
     assert md == refs.card_markdown(refs.reference_card())
 
 
+def _build_header():
+    """The card header the build's prepare() would write, for write_card tests."""
+    return {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
+            "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
+            "held_out_activations": 100}
+
+
 def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_path):
     """scripts/build_reference_saes.py: every recipe has its T (a recipe added without one would
     stop a full build at its start), and write_card ships each reference at the largest budget
@@ -190,9 +197,7 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     name, seeds = "topk-k16-2048", refs.RECIPES["topk-k16-2048"][2]     # two seeds
     metrics = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
                "seconds": 1.0}
-    header = {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
-              "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
-              "held_out_activations": 100}
+    header = _build_header()
     for n, fvu in ((1000, 0.2), (2000, 0.199), (4000, 0.15)):   # 4000: only seed 0 finished
         for i in (range(len(seeds)) if n < 4000 else (0,)):
             folder = build.run_dir(tmp_path / "work", name, n, i)
@@ -272,9 +277,7 @@ def test_write_card_drops_ladder_runs_the_table_now_holds_and_stale_notes(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / refs.CARD_JSON).write_text(json.dumps({"ladders": ladders, "tokens_note": "T = 4M"}))
-    header = {"hardware": "CPU", "model_fingerprint": None, "hook": refs.HOOK, "sae_minimal": "0",
-              "torch": torch.__version__, "batch_size": 1024, "training_activations": 1000,
-              "held_out_activations": 100}
+    header = _build_header()
     build.write_card(tmp_path / "work", out, {name: [1000, 2000]}, header)
     card = json.loads((out / refs.CARD_JSON).read_text())
     assert list(card["saes"][name]["runs"]) == ["1000/seed0", "2000/seed0"]

@@ -373,7 +373,8 @@ class Lab:
         """Held-out metrics of reference ``name``'s recipe at every training budget there is, each
         a run from scratch with its own schedule: {tokens: metrics with "source"}. For the shipped
         references the card's table and its ladders (``references.budget_runs``; a ladder's runs
-        keep their training "curve" only if imported with ``--ladder-curves``); otherwise the two runs ``reference_runs`` trains here."""
+        keep their training "curve" only if imported with ``--ladder-curves``); otherwise the two
+        runs ``reference_runs`` trains here."""
         base, index = self._reference_name(name)
         if self.shipped_references:
             return budget_runs(reference_card(), base, index)
