@@ -45,7 +45,10 @@ So do two versions of the code that sum in another order: the TopK, BatchTopK an
 that started before commit "auxk_loss: top k of the dead columns" (2026-11-28: TopK-2048,
 BatchTopK-2048, Matryoshka-2048 at 64M; on the H100 TopK-8192 at 32M and 64M, Matryoshka-8192 at
 32M) took AuxK's latents from a masked copy of pre: the same entries and the same loss, with
-gradients that differ by about 1e-9. A rebuild with this code agrees with them in their metrics.
+gradients that differ by about 1e-9. Likewise the JumpReLU runs at 64M and 128M, which started
+before commit "decoder backward: entry by entry up to a density that falls with d_in" (2026-11-28),
+took their window's gradients from one dense product instead of each entry's dot product: the same
+numbers, summed in another order. A rebuild with this code agrees with them in their metrics.
 """
 
 from __future__ import annotations

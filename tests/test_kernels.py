@@ -87,6 +87,24 @@ def test_sparse_decode_of_a_code_equals_dense_forward_and_gradients(zeros, cross
     assert (gW[~used] == 0).all() and (gW[used] != 0).any()   # only rows decoded with a value get gradient
 
 
+@pytest.mark.parametrize("d_in, per_entry", [(256, True), (768, False)])
+def test_decoder_backward_goes_entry_by_entry_up_to_a_density_that_falls_with_d_in(d_in, per_entry,
+                                                                                   monkeypatch):
+    """A code 6% dense (a JumpReLU-2048 and its STE window is ~4.4%) under the CPU crossover of
+    8.8%: at d_in 256 each entry's gradient is its own dot product (2x faster there), at d_in 768
+    one dense product is cheaper (kernels.DOT_D_IN)."""
+    monkeypatch.setitem(kernels.SPARSE_MAX_DENSITY, "cpu", 0.088)
+    op, calls = torch.ops.aten._embedding_bag_per_sample_weights_backward, []
+    monkeypatch.setattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward",
+                        lambda *a: calls.append(1) or op(*a))
+    code, Z = random_code(B=64, d_sae=400, density=0.06)
+    W_dec = torch.randn(400, d_in, **f64)
+    g = torch.randn(64, d_in, **f64)
+    fast = grads((decode_code(code, W_dec) * g).sum(), code.values)[0]
+    torch.testing.assert_close(fast, (g @ W_dec.T)[code.rows, code.indices])
+    assert bool(calls) == per_entry
+
+
 def test_sparse_decode_of_k_per_row_equals_dense_forward_and_gradients():
     pre = torch.randn(16, 200, **f64)
     W_dec = torch.randn(200, 12, **f64, requires_grad=True)
