@@ -5,7 +5,7 @@ every variant, side by side in one process.
     python benchmarks/bench_train.py --crossover   # the sparse/dense crossover of this device
     python benchmarks/bench_train.py --lab         # the lab's training end to end vs the step
     python benchmarks/bench_train.py --decode      # sparse vs dense TopK decoding across d_sae
-    python benchmarks/bench_train.py --auxk        # AuxK: top k of the dead columns vs a masked pre
+    python benchmarks/bench_train.py --auxk        # AuxK three ways: masked pre, dead columns, pre_entries
     python benchmarks/bench_train.py --matmuls     # share of each step spent in dense matmuls
     python benchmarks/bench_train.py --concurrent  # a sweep one after the other vs two side by side
 
@@ -460,33 +460,63 @@ def bench_decode(args) -> None:
               f"{t['dense'] / t['sparse']:>9.1f}x")
 
 
-def bench_auxk(args) -> None:
-    """AuxK's loss forward + backward (into pre and W_dec), as ``topk.auxk_loss`` computes it (the
-    top k_aux of the dead columns) against the masked formula it equals (every live column of pre
-    set to -inf, then the top k_aux of all d_sae), across the number of dead latents."""
-    from sae_minimal.topk import auxk_loss
-    d_in, d_sae, batch, k_aux = 256, 8192, 1024, 128
-    print(f"AuxK, d_in {d_in}, d_sae {d_sae}, batch {batch}, k_aux {k_aux}: forward+backward "
-          "time per step\n")
-    print(f"{'dead':>7}{'masked ms':>11}{'dead cols ms':>14}{'speed-up':>10}")
-    sae = sm.TopKSAE(d_in, d_sae, k=32, k_aux=k_aux, seed=0).to(args.device)
-    x, x_hat = (torch.randn(batch, d_in, device=args.device) for _ in range(2))
-    pre = torch.randn(batch, d_sae, device=args.device, requires_grad=True)
-    for n_dead in (8, 80, 800, 4000):
-        sae.tokens_since_fired.zero_()
-        sae.tokens_since_fired[torch.randperm(d_sae)[:n_dead]] = sae.dead_window
+def _auxk_through_pre(masked: bool):
+    """``topk.auxk_loss`` with its k_aux entries gathered from pre itself (so pre gets a dense
+    [B, d_sae] gradient): from every live column set to -inf (the paper's formula) or from the
+    dead columns."""
+    from sae_minimal.base import mse
+
+    def auxk(sae, x, x_hat, pre, k_aux, coeff):
         dead = sae.dead_mask()
+        dead_idx, e = dead.nonzero().squeeze(1), (x - x_hat).detach()
+        if len(dead_idx) == 0:
+            return pre.new_zeros(())
+        k = min(k_aux, len(dead_idx))
+        if masked:
+            values, latent = pre.masked_fill(~dead, float("-inf")).topk(k, -1)
+        else:
+            values, j = pre[:, dead_idx].topk(k, -1)
+            latent = dead_idx[j]
+        e_hat = kernels.sparse_decode(latent, values.relu(), sae.W_dec)
+        var = lambda v: mse(v.mean(0).expand_as(v), v)  # noqa: E731
+        return coeff * min(len(dead_idx) / k_aux, 1.0) * var(x).detach() / var(e) * mse(e_hat, e)
+    return auxk
 
-        def masked():
-            values, indices = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), -1)
-            e = x - x_hat
-            kernels.sparse_decode(indices, values.relu(), sae.W_dec).sub(e).pow(2).sum().backward()
 
-        def dead_cols():
-            auxk_loss(sae, x, x_hat, pre, k_aux, 1.0).backward()
-        t = median_seconds({"masked": masked, "dead": dead_cols}, args)
+def bench_auxk(args) -> None:
+    """A TopK SAE's training step (forward + backward) with AuxK computed three ways, across the
+    number of dead latents: the masked formula (every live column of pre set to -inf, then the top
+    k_aux of all d_sae), the top k_aux of the dead columns gathered from pre (both give pre a dense
+    gradient, which the encoder's backward scans for its non-zeros), and ``topk.auxk_loss`` (the
+    same entries, their gradient sent to the encoder from the entries: ``kernels.pre_entries``).
+    Row "0 dead" is the step without AuxK."""
+    from sae_minimal import topk
+    d_in, d_sae, batch, k_aux = 256, 8192, 1024, 128
+    print(f"TopK (k 16) + AuxK, d_in {d_in}, d_sae {d_sae}, batch {batch}, k_aux {k_aux}: "
+          "forward + backward per step\n")
+    print(f"{'dead':>7}{'masked ms':>11}{'dead cols ms':>14}{'pre_entries ms':>16}{'speed-up':>10}")
+    sae = sm.TopKSAE(d_in, d_sae, k=16, k_aux=k_aux, seed=0).to(args.device).train()
+    x = torch.randn(batch, d_in, device=args.device)
+    ways = {"masked": _auxk_through_pre(True), "dead": _auxk_through_pre(False),
+            "entries": topk.auxk_loss}
+    package_auxk = topk.auxk_loss
+
+    def step(way):
+        def run():
+            sae.tokens_since_fired.copy_(counters)   # the same dead latents in every call
+            topk.auxk_loss = ways[way]
+            try:
+                sae(x).loss.backward()
+            finally:
+                topk.auxk_loss = package_auxk
+        return run
+    for n_dead in (0, 8, 80, 800):
+        sae.tokens_since_fired.zero_()
+        sae.tokens_since_fired[torch.randperm(d_sae)[:n_dead]] = 10**12
+        counters = sae.tokens_since_fired.clone()
+        t = median_seconds({way: step(way) for way in ways}, args)
         print(f"{n_dead:>7}{t['masked'] * 1e3:>11.1f}{t['dead'] * 1e3:>14.1f}"
-              f"{t['masked'] / t['dead']:>9.1f}x")
+              f"{t['entries'] * 1e3:>16.1f}{t['dead'] / t['entries']:>9.1f}x")
 
 
 def main() -> None:
@@ -504,7 +534,7 @@ def main() -> None:
     ap.add_argument("--lab", action="store_true", help="the lab's training vs the isolated step")
     ap.add_argument("--lab-tokens", type=int, default=100_000, help="tokens per --lab run")
     ap.add_argument("--decode", action="store_true", help="sparse vs dense TopK decoding")
-    ap.add_argument("--auxk", action="store_true", help="AuxK: dead columns vs a masked pre")
+    ap.add_argument("--auxk", action="store_true", help="AuxK: masked pre, dead columns, pre_entries")
     ap.add_argument("--matmuls", action="store_true", help="profile the share of dense matmuls")
     ap.add_argument("--concurrent", action="store_true",
                     help="a lab sweep one after the other vs two side by side (--lab-tokens each)")

@@ -10,6 +10,8 @@ for.
                           touches only those entries (W_enc's gradient from nnz columns, not B)
     sparse_decode         Σ_e values_e · W_dec[indices_e] (+ b_dec): decode the entries, not d_sae
     code_t_matmul         Zᵀ @ source for a code Z kept as entries: W_enc's and W_dec's gradients
+    pre_entries           pre[rows, indices], its gradient sent to the encoder from those entries
+                          (AuxK's), not through a dense [B, d_sae] gradient of pre
     sparse_prefix_decode  Matryoshka's nested reconstructions Z[:, :m] @ W_dec[:m] in one pass
     flat_entries, topk_entries, batch_topk_entries
                           which entries a code keeps (BatchTopK's without a sort of B·d_sae values)
@@ -237,8 +239,9 @@ def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor | None, b_dec: Tensor 
     (tests/test_kernels.py::test_sparse_encode_*). Only the backward differs in cost: when the loss
     reached pre only through the entries' values, W_enc's gradient is accumulated from those nnz
     entries (``code_t_matmul``, nnz·d_in work) instead of the dense xᵀ @ G (B·d_in·d_sae). A term
-    that used pre itself (AuxK) gives a dense gradient; if that too is non-zero on at most
-    ``max_density`` of the entries (AuxK's k_aux per row), its entries join the sparse product.
+    that used pre itself gives a dense gradient; if that too is non-zero on at most
+    ``max_density`` of the entries, its entries join the sparse product (a term that reads a few
+    entries of pre, as AuxK does, is cheaper through ``pre_entries``).
     """
     if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)   # the matmuls in autocast's precision:
@@ -281,7 +284,7 @@ class _SparseEncode(torch.autograd.Function):
         need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
         B, d_sae = x.shape[0], W_enc.shape[1]
         rows, indices = ctx.entries if ctx.entries is not None else (None, None)
-        if grad_pre is not None and rows is not None:    # AuxK used pre: is its gradient sparse?
+        if grad_pre is not None and rows is not None:    # a term used pre: is its gradient sparse?
             if int(torch.count_nonzero(grad_pre)) <= ctx.max_density * grad_pre.numel():
                 more = grad_pre.view(-1).nonzero().squeeze(1)
                 more_rows, more_indices, _ = flat_entries(more, B, d_sae)
@@ -294,23 +297,63 @@ class _SparseEncode(torch.autograd.Function):
                 grad_pre = None
         if grad_pre is None and grad_values is None:
             return None, None, None, None, None, None
-        centred = x - b_dec if b_dec is not None else x
-        if grad_pre is not None:                          # the dense backward of addmm
-            G = grad_pre
-            if grad_values is not None:
-                G = grad_pre.index_put((rows, indices), grad_values, accumulate=True)
-            g_sum = G.sum(0)
-            grad_W = centred.T @ G if need_W else None
-            grad_x = G @ W_enc.T if need_x else None
-        else:
-            # entries without gradient (JumpReLU's window) add nothing
-            g, indices, rows = _without_zeros(grad_values, indices, rows)
-            g_sum = g.new_zeros(d_sae).index_add_(0, indices, g)
-            grad_W = code_t_matmul(indices, rows, g, centred, d_sae).T if need_W else None
-            grad_x = (code_t_matmul(rows, indices, g, W_enc.T.contiguous(), B)
-                      if need_x else None)                # Z @ W_encᵀ = (Zᵀ)ᵀ @ W_encᵀ
+        if grad_pre is None:
+            return (*_entry_grads(ctx.needs_input_grad[:4], x, W_enc, b_dec, rows, indices,
+                                  grad_values), None, None)
+        G = grad_pre                                      # the dense backward of addmm
+        if grad_values is not None:
+            G = grad_pre.index_put((rows, indices), grad_values, accumulate=True)
+        g_sum = G.sum(0)
+        grad_W = (x - b_dec if b_dec is not None else x).T @ G if need_W else None
+        grad_x = G @ W_enc.T if need_x else None
         grad_b_dec = -(W_enc @ g_sum.to(W_enc.dtype)) if need_b_dec else None
         return grad_x, grad_W, g_sum if need_b_enc else None, grad_b_dec, None, None
+
+
+def _entry_grads(needs: tuple[bool, ...], x: Tensor, W_enc: Tensor, b_dec: Tensor | None,
+                 rows: Tensor, indices: Tensor, g: Tensor) -> tuple[Tensor | None, ...]:
+    """The gradients (x, W_enc, b_enc, b_dec; None where ``needs`` is False) of
+    pre = (x - b_dec) @ W_enc + b_enc when ∂L/∂pre is g at the entries (rows, indices) and 0
+    elsewhere: W_enc: (x - b_dec)ᵀ G and x: G @ W_encᵀ from the entries (``code_t_matmul``);
+    b_enc: Σ_b G; b_dec: -W_enc @ Σ_b G (a vector product, no [B, d_in] intermediate)."""
+    need_x, need_W, need_b_enc, need_b_dec = needs
+    B, d_sae = x.shape[0], W_enc.shape[1]
+    g, indices, rows = _without_zeros(g, indices, rows)   # e.g. JumpReLU's window: adds nothing
+    g_sum = g.new_zeros(d_sae).index_add_(0, indices, g)
+    centred = x - b_dec if b_dec is not None else x
+    grad_W = code_t_matmul(indices, rows, g, centred, d_sae).T if need_W else None
+    grad_x = (code_t_matmul(rows, indices, g, W_enc.T.contiguous(), B)
+              if need_x else None)                        # Z @ W_encᵀ = (Zᵀ)ᵀ @ W_encᵀ
+    grad_b_dec = -(W_enc @ g_sum.to(W_enc.dtype)) if need_b_dec else None
+    return grad_x, grad_W, g_sum if need_b_enc else None, grad_b_dec
+
+
+def pre_entries(pre: Tensor, rows: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor,
+                b_enc: Tensor | None, b_dec: Tensor | None) -> Tensor:
+    """pre[rows, indices] [n] for pre = (x - b_dec) @ W_enc + b_enc [B, d_sae] already computed,
+    with the gradients going from these n entries straight to x, W_enc, b_enc and b_dec.
+
+    Equals ``encoder_pre_acts(x, W_enc, b_enc, b_dec)[rows, indices]``, forward and backward
+    (tests/test_kernels.py::test_pre_entries_*). For a loss term that reads a few entries of pre
+    (AuxK: k_aux per row, of the dead columns): the plain gather gives pre a dense [B, d_sae]
+    gradient, which the encoder's backward must then scan for its non-zeros (a TopK-8192 step
+    on the CPU spent a third of its time there); this costs n·d_in.
+    """
+    return _PreEntries.apply(pre.detach(), rows, indices, x, W_enc, b_enc, b_dec)
+
+
+class _PreEntries(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, rows, indices, x, W_enc, b_enc, b_dec):
+        ctx.save_for_backward(rows, indices, x, W_enc, b_dec)
+        return pre[rows, indices]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        rows, indices, x, W_enc, b_dec = ctx.saved_tensors
+        return (None, None, None,
+                *_entry_grads(ctx.needs_input_grad[3:], x, W_enc, b_dec, rows, indices, g))
 
 
 def flat_entries(flat: Tensor, B: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -474,5 +517,5 @@ def measure_sparse_crossover(device: torch.device | str, *, d_in: int = 768, d_s
 
 __all__ = ["SPARSE_MAX_DENSITY", "sparse_max_density", "encoder_pre_acts", "SparseCode",
            "code_t_matmul", "sparse_decode", "decode_code", "sparse_prefix_decode",
-           "sparse_encode", "flat_entries", "topk_entries", "batch_topk_entries", "JumpReLUCode",
+           "sparse_encode", "pre_entries", "flat_entries", "topk_entries", "batch_topk_entries", "JumpReLUCode",
            "jumprelu_l0", "measure_sparse_crossover"]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .base import BaseSAE, Encoding, check_coeff, mse
-from .kernels import sparse_decode, sparse_max_density, topk_entries
+from .kernels import pre_entries, sparse_decode, sparse_max_density, topk_entries
 
 
 def topk_select(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -73,7 +73,9 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
     the term grow with the number of dead latents instead of switching on at full strength for the
     first one.
 
-    x, x_hat [B, d_in]; pre [B, d_sae]. Returns 0 when no latent is dead.
+    x, x_hat [B, d_in]; pre [B, d_sae], the SAE's pre-activations of x: AuxK's gradient goes to
+    the encoder from the B·k entries it reads (``kernels.pre_entries``), not through a dense
+    gradient of pre. Returns 0 when no latent is dead.
     """
     # latents with no firing in the last sae.dead_window tokens
     dead_idx = sae.dead_mask().nonzero().squeeze(1)
@@ -84,8 +86,13 @@ def auxk_loss(sae: BaseSAE, x: Tensor, x_hat: Tensor, pre: Tensor, k_aux: int,
     e = (x - x_hat).detach()                     # the main model is not trained by this term
     # the top k of the dead columns only: the same entries as the top k of pre with every live
     # column masked to -inf, without a masked [B, d_sae] copy (a wide SAE has few dead latents)
-    values, j = topk_select(pre[:, dead_idx], k)
-    e_hat = sparse_decode(dead_idx[j], values, sae.W_dec)   # no b_dec: it is already in x_hat
+    _, j = pre.detach()[:, dead_idx].topk(k, dim=-1, sorted=False)
+    latent = dead_idx[j]                                     # [B, k]
+    # values = pre[rows, latent].relu(), its gradient sent to the encoder from these B·k entries
+    rows = torch.arange(len(pre), device=pre.device).repeat_interleave(k)
+    b_dec = sae.b_dec if sae.apply_b_dec_to_input else None
+    values = pre_entries(pre, rows, latent.view(-1), x, sae.W_enc, sae.b_enc, b_dec)
+    e_hat = sparse_decode(latent, values.view(-1, k).relu(), sae.W_dec)   # b_dec is in x_hat
     var_e = mse(e.mean(0).expand_as(e), e)
     var_x = mse(x.mean(0).expand_as(x), x).detach()
     # e constant over the batch (B = 1): no variance to normalise by; then Var(x) = 0 too

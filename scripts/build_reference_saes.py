@@ -41,14 +41,18 @@ fingerprint (which the lab checks) and cross-check one reference's metrics on th
 Deterministic on a given machine: the data order and the initialisation come from each run's
 seed. A GPU's floating-point sums differ from a CPU's, so a rebuild elsewhere gives SAEs that agree
 in their metrics, not bit for bit. The shipped set was built on a 2-core CPU (see the card).
-So do two versions of the code that sum in another order: the TopK, BatchTopK and Matryoshka runs
-that started before commit "auxk_loss: top k of the dead columns" (2026-11-28: TopK-2048,
-BatchTopK-2048, Matryoshka-2048 at 64M; on the H100 TopK-8192 at 32M and 64M, Matryoshka-8192 at
-32M) took AuxK's latents from a masked copy of pre: the same entries and the same loss, with
-gradients that differ by about 1e-9. Likewise the JumpReLU runs at 64M and 128M, which started
-before commit "decoder backward: entry by entry up to a density that falls with d_in" (2026-11-28),
-took their window's gradients from one dense product instead of each entry's dot product: the same
-numbers, summed in another order. A rebuild with this code agrees with them in their metrics.
+So do versions of the code that sum in another order (the same numbers otherwise; a rebuild
+with this code agrees with these runs in their metrics):
+- TopK, BatchTopK and Matryoshka runs started before commit "auxk_loss: top k of the dead
+  columns" (2026-11-28: TopK-2048, BatchTopK-2048, Matryoshka-2048 at 64M; on the H100 TopK-8192
+  at 32M and 64M, Matryoshka-8192 at 32M) took AuxK's latents from a masked copy of pre: the same
+  entries and loss, gradients that differ by about 1e-9.
+- Those started before commit "auxk_loss: gradient to the encoder from the entries it reads"
+  (2026-11-28: all but TopK-512, TopK-8192 at 128M, Matryoshka-8192 at 64M and 128M) sent AuxK's
+  gradient to the encoder through a dense gradient of pre.
+- JumpReLU's runs at 64M and 128M, started before commit "decoder backward: entry by entry up to
+  a density that falls with d_in" (2026-11-28), took their window's gradients from one dense
+  product instead of each entry's dot product.
 """
 
 from __future__ import annotations

@@ -106,7 +106,9 @@ def test_the_checkers_auxk_is_the_packages_without_alpha_and_var_x():
     """sm.topk.auxk_loss = α · Var(x) · (what the learner writes): the exercise is the package's."""
     for n_dead in (10, 2, 0):
         x, x_hat, pre, dead, W_dec = checks._auxk_case(3, n_dead=n_dead)
-        sae = types.SimpleNamespace(dead_mask=lambda dead=dead: dead, W_dec=W_dec)
+        # an SAE whose encoder plays no part in the value (pre is given; it only routes gradients)
+        sae = types.SimpleNamespace(dead_mask=lambda dead=dead: dead, W_dec=W_dec, W_enc=W_dec.T,
+                                    b_enc=None, b_dec=None, apply_b_dec_to_input=False)
         alpha = 1 / 32
         var_x = (x - x.mean(0)).pow(2).sum(-1).mean()
         library = library_auxk_loss(sae, x, x_hat, pre, 4, alpha)

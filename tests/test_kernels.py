@@ -6,7 +6,7 @@ import torch
 
 from sae_minimal import kernels
 from sae_minimal.kernels import (SparseCode, batch_topk_entries, code_t_matmul, decode_code, encoder_pre_acts,
-                                 jumprelu_l0, sparse_decode, sparse_encode, sparse_prefix_decode, topk_entries)
+                                 jumprelu_l0, pre_entries, sparse_decode, sparse_encode, sparse_prefix_decode, topk_entries)
 
 f64 = dict(dtype=torch.float64)
 
@@ -37,6 +37,22 @@ def test_encoder_pre_acts_without_biases():
     x, W, b = torch.randn(3, 4, **f64), torch.randn(4, 6, **f64), torch.randn(4, **f64)
     torch.testing.assert_close(encoder_pre_acts(x, W, None, None), x @ W)
     torch.testing.assert_close(encoder_pre_acts(x, W, None, b), (x - b) @ W)
+
+
+@pytest.mark.parametrize("biases", [True, False], ids=["biases", "no-biases"])
+def test_pre_entries_equals_the_gathered_pre_acts_and_their_gradients(biases):
+    x = torch.randn(7, 5, **f64, requires_grad=True)
+    W = torch.randn(5, 11, **f64, requires_grad=True)
+    b_enc = torch.randn(11, **f64, requires_grad=True) if biases else None
+    b_dec = torch.randn(5, **f64, requires_grad=True) if biases else None
+    rows = torch.tensor([0, 0, 3, 6, 6, 6])
+    cols = torch.tensor([2, 9, 2, 0, 0, 10])                  # a repeated entry adds up
+    plain = encoder_pre_acts(x, W, b_enc, b_dec)[rows, cols]
+    fast = pre_entries(encoder_pre_acts(x, W, b_enc, b_dec), rows, cols, x, W, b_enc, b_dec)
+    torch.testing.assert_close(fast, plain)
+    g = torch.randn_like(plain)
+    ts = [t for t in (x, W, b_enc, b_dec) if t is not None]
+    assert_all_close(grads((plain * g).sum(), ts), grads((fast * g).sum(), ts))
 
 
 # --- a random sparse code, as the encoder produces it ----------------------------------------------

@@ -177,11 +177,14 @@ def test_jumprelu_sae_loss_is_mse_plus_l0_price():
 
 
 def test_auxk_takes_the_top_k_of_the_dead_latents_as_the_masked_formula_does():
-    """auxk_loss selects among the dead columns directly; it equals the paper's formula written
-    with every live column of pre masked to -inf (the same loss, gradients up to summation order)."""
+    """auxk_loss selects among the dead columns directly and sends its gradient to the encoder from
+    the entries it read (kernels.pre_entries); it equals the paper's formula written with every live
+    column of pre masked to -inf (the same loss, gradients up to summation order)."""
     from sae_minimal.topk import auxk_loss
     torch.manual_seed(0)
     sae = sm.TopKSAE(16, 256, k=4, k_aux=8, seed=0)
+    with torch.no_grad():
+        sae.b_dec.normal_(), sae.b_enc.normal_(std=0.1)
     dead = torch.zeros(256, dtype=torch.bool)
     dead[torch.randperm(256)[:20]] = True
     sae.tokens_since_fired[dead] = 10**9
@@ -197,11 +200,13 @@ def test_auxk_takes_the_top_k_of_the_dead_latents_as_the_masked_formula_does():
     grads = []
     for loss_fn in (lambda pre: auxk_loss(sae, x, x_hat, pre, 8, sae.aux_coeff), masked):
         sae.zero_grad()
-        loss = loss_fn(x @ sae.W_enc + sae.b_enc)
+        loss = loss_fn(sae.pre_acts(x))
         loss.backward()
-        grads.append((loss.detach(), sae.W_enc.grad.clone(), sae.W_dec.grad.clone()))
-    (l0, ge0, gd0), (l1, ge1, gd1) = grads
+        grads.append((loss.detach(), *(p.grad.clone() for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec))))
+    (l0, ge0, gd0, *gb0), (l1, ge1, gd1, *gb1) = grads
     torch.testing.assert_close(l0, l1)
     torch.testing.assert_close(ge0, ge1)
     torch.testing.assert_close(gd0, gd1)
+    for a, b in zip(gb0, gb1):                                   # b_enc, b_dec
+        torch.testing.assert_close(a, b)
     assert (ge0 != 0).any(dim=0).sum() <= 20                      # only dead columns are trained
