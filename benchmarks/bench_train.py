@@ -5,7 +5,7 @@ every variant, side by side in one process.
     python benchmarks/bench_train.py --crossover   # the sparse/dense crossover of this device
     python benchmarks/bench_train.py --lab         # the lab's training end to end vs the step
     python benchmarks/bench_train.py --decode      # sparse vs dense TopK decoding across d_sae
-    python benchmarks/bench_train.py --auxk        # AuxK three ways: masked pre, dead columns, pre_entries
+    python benchmarks/bench_train.py --auxk        # a step with AuxK computed three ways
     python benchmarks/bench_train.py --matmuls     # share of each step spent in dense matmuls
     python benchmarks/bench_train.py --concurrent  # a sweep one after the other vs two side by side
 
@@ -534,7 +534,7 @@ def main() -> None:
     ap.add_argument("--lab", action="store_true", help="the lab's training vs the isolated step")
     ap.add_argument("--lab-tokens", type=int, default=100_000, help="tokens per --lab run")
     ap.add_argument("--decode", action="store_true", help="sparse vs dense TopK decoding")
-    ap.add_argument("--auxk", action="store_true", help="AuxK: masked pre, dead columns, pre_entries")
+    ap.add_argument("--auxk", action="store_true", help="a step with AuxK three ways")
     ap.add_argument("--matmuls", action="store_true", help="profile the share of dense matmuls")
     ap.add_argument("--concurrent", action="store_true",
                     help="a lab sweep one after the other vs two side by side (--lab-tokens each)")

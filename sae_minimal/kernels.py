@@ -517,5 +517,5 @@ def measure_sparse_crossover(device: torch.device | str, *, d_in: int = 768, d_s
 
 __all__ = ["SPARSE_MAX_DENSITY", "sparse_max_density", "encoder_pre_acts", "SparseCode",
            "code_t_matmul", "sparse_decode", "decode_code", "sparse_prefix_decode",
-           "sparse_encode", "pre_entries", "flat_entries", "topk_entries", "batch_topk_entries", "JumpReLUCode",
-           "jumprelu_l0", "measure_sparse_crossover"]
+           "sparse_encode", "pre_entries", "flat_entries", "topk_entries", "batch_topk_entries",
+           "JumpReLUCode", "jumprelu_l0", "measure_sparse_crossover", "dot_max_density"]
