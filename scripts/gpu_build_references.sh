@@ -22,6 +22,11 @@
 # may have cost some of it: measuring the sparse/dense crossover side by side ran out of memory
 # (since then an out-of-memory there counts as "sparse loses" instead). Under a deadline the runs
 # now checkpoint every DEADLINE/3 seconds, so the log ends with how far each got.
+# Since then AuxK no longer scans a dense [B, d_sae] gradient (and syncs with the host) in each
+# step's backward (kernels.pre_entries); other host syncs per step remain (a nonzero/all() per
+# decode, the loss check): profile them on the next lease. As of 2026-11-28 every run still
+# missing (JumpReLU and Matryoshka-2048 at 256M, TopK-8192 at 128M, Matryoshka-8192 at 64M and
+# 128M, ~750 s for its 64M alone) takes longer than one command here: they are CPU work.
 # JOBS, TOKENS (one T for all), RUNGS, DEADLINE (seconds), ONLY and DEVICE choose.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
