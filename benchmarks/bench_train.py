@@ -460,27 +460,18 @@ def bench_decode(args) -> None:
               f"{t['dense'] / t['sparse']:>9.1f}x")
 
 
-def _auxk_through_pre(masked: bool):
-    """``topk.auxk_loss`` with its k_aux entries gathered from pre itself (so pre gets a dense
-    [B, d_sae] gradient): from every live column set to -inf (the paper's formula) or from the
-    dead columns."""
+def _masked_auxk(sae, x, x_hat, pre, k_aux, coeff):
+    """``topk.auxk_loss`` as the paper writes it: the top k_aux of pre with every live column set to
+    -inf (so pre gets a dense [B, d_sae] gradient)."""
     from sae_minimal.base import mse
-
-    def auxk(sae, x, x_hat, pre, k_aux, coeff):
-        dead = sae.dead_mask()
-        dead_idx, e = dead.nonzero().squeeze(1), (x - x_hat).detach()
-        if len(dead_idx) == 0:
-            return pre.new_zeros(())
-        k = min(k_aux, len(dead_idx))
-        if masked:
-            values, latent = pre.masked_fill(~dead, float("-inf")).topk(k, -1)
-        else:
-            values, j = pre[:, dead_idx].topk(k, -1)
-            latent = dead_idx[j]
-        e_hat = kernels.sparse_decode(latent, values.relu(), sae.W_dec)
-        var = lambda v: mse(v.mean(0).expand_as(v), v)  # noqa: E731
-        return coeff * min(len(dead_idx) / k_aux, 1.0) * var(x).detach() / var(e) * mse(e_hat, e)
-    return auxk
+    dead = sae.dead_mask()
+    n_dead, e = int(dead.sum()), (x - x_hat).detach()
+    if n_dead == 0:
+        return pre.new_zeros(())
+    values, latent = pre.masked_fill(~dead, float("-inf")).topk(min(k_aux, n_dead), -1)
+    e_hat = kernels.sparse_decode(latent, values.relu(), sae.W_dec)
+    var = lambda v: mse(v.mean(0).expand_as(v), v)  # noqa: E731
+    return coeff * min(n_dead / k_aux, 1.0) * var(x).detach() / var(e) * mse(e_hat, e)
 
 
 def bench_auxk(args) -> None:
@@ -497,18 +488,22 @@ def bench_auxk(args) -> None:
     print(f"{'dead':>7}{'masked ms':>11}{'dead cols ms':>14}{'pre_entries ms':>16}{'speed-up':>10}")
     sae = sm.TopKSAE(d_in, d_sae, k=16, k_aux=k_aux, seed=0).to(args.device).train()
     x = torch.randn(batch, d_in, device=args.device)
-    ways = {"masked": _auxk_through_pre(True), "dead": _auxk_through_pre(False),
-            "entries": topk.auxk_loss}
-    package_auxk = topk.auxk_loss
+    # each way: what it puts into topk for the step (the dead columns gathered from pre itself:
+    # auxk_loss with a plain gather in place of pre_entries; the package's own: no change)
+    ways = {"masked": ("auxk_loss", _masked_auxk),
+            "dead": ("pre_entries", lambda pre, rows, latent, *_: pre[rows, latent]),
+            "entries": ("pre_entries", kernels.pre_entries)}
 
     def step(way):
         def run():
             sae.tokens_since_fired.copy_(counters)   # the same dead latents in every call
-            topk.auxk_loss = ways[way]
+            name, swap = ways[way]
+            package = getattr(topk, name)
+            setattr(topk, name, swap)
             try:
                 sae(x).loss.backward()
             finally:
-                topk.auxk_loss = package_auxk
+                setattr(topk, name, package)
         return run
     for n_dead in (0, 8, 80, 800):
         sae.tokens_since_fired.zero_()
