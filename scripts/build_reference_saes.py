@@ -31,7 +31,11 @@ memory). ``--deadline`` stops starting runs after that many seconds and ships wh
 second call with the same ``--work`` folder resumes: it skips finished runs and continues
 unfinished ones from the checkpoint each saves every 10 minutes (``train_sae(checkpoint=...)``:
 the same SAE as an uninterrupted run, bit for bit on a CPU). So a CPU build too long for one
-sitting can be run in several, each picking up where the last was stopped.
+sitting can be run in several, each picking up where the last was stopped. The default ``--work``
+is ``reference_runs/``, whose finished runs are committed (its README says which files), so a
+machine replaced between sittings loses only its unfinished runs' checkpoints. ``--from-ladders``
+takes budgets below T that the card's ladders already hold from there (``take_from_ladders``):
+the verdict needs T/2's metrics, not a second training of it.
 
 ``--plain-model`` computes the activations with ``scripts/standin_plain.py`` (plain PyTorch, no
 transformer-lens, equal to the HookedTransformer to ~1e-5) for machines without transformer-lens;
@@ -183,6 +187,30 @@ def _run_safely(name: str, index: int, n_tokens: int):
         return name, index, n_tokens, train_run(name, index, n_tokens), None
     except Exception as e:  # noqa: BLE001 -- reported by the main process, the others go on
         return name, index, n_tokens, None, f"{type(e).__name__}: {e}"
+
+
+def take_from_ladders(work: Path, card_json: Path, budgets: dict[str, list[int]]) -> list[str]:
+    """Every run below a reference's T that the card's ladders already hold (the same recipe and
+    seeds, trained by an earlier build: e.g. the CPU ladder's 64M TopK pair) goes into ``work`` as
+    its metrics.json alone, so the build does not train it again. The verdict reads T/2's held-out
+    metrics and MMCS (which the ladder kept where both seeds' weights were at hand), never its
+    weights; T itself, which ships, is always trained. Where two ladders hold a run, the later one
+    (as ``references.budget_runs`` reads them). Returns one line per run taken, for the log."""
+    ladders = json.loads(card_json.read_text()).get("ladders", []) if card_json.exists() else []
+    taken = []
+    for name, ns in budgets.items():
+        for n in ns[:-1]:
+            for i in range(len(RECIPES[name][2])):
+                held = [lad for lad in ladders if f"{n}/seed{i}" in lad["runs"].get(name, {})]
+                if not held or finished(work, name, n, i) is not None:
+                    continue
+                folder = run_dir(work, name, n, i)
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "metrics.json").write_text(
+                    json.dumps(held[-1]["runs"][name][f"{n}/seed{i}"]))
+                taken.append(f"{name} seed{i} {n:,} tokens: from the card's "
+                             f"{held[-1]['hardware']} ladder")
+    return taken
 
 
 # -- the card ---------------------------------------------------------------------------------
@@ -369,7 +397,8 @@ def main() -> None:
     ap.add_argument("--rungs", type=int, default=2, help="budgets T/2^(rungs-1), ..., T/2, T")
     ap.add_argument("--only", nargs="*", default=None, help="names to build (default: all)")
     ap.add_argument("--out", default=str(REFERENCE_DIR), help="where the SAEs and card go")
-    ap.add_argument("--work", default="build/reference_saes", help="activations and runs")
+    ap.add_argument("--work", default="reference_runs",
+                    help="activations and runs (see reference_runs/README.md)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     ap.add_argument("--deadline", type=float, default=None, help="seconds; then ship what is done")
@@ -381,6 +410,8 @@ def main() -> None:
     ap.add_argument("--ladder-hardware", default="CPU", help="the ladder's label (e.g. H100)")
     ap.add_argument("--ladder-curves", action="store_true", help="keep the runs' training curves")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
+    ap.add_argument("--from-ladders", action="store_true", help="take budgets below T that the "
+                    "card's ladders hold from there instead of training them (take_from_ladders)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     out, work = Path(args.out), Path(args.work)
@@ -401,6 +432,10 @@ def main() -> None:
                for name in names}
     header = prepare(work, args.device, args.plain_model)
     header["jobs"] = args.jobs
+    if args.from_ladders:
+        for line in take_from_ladders(work, out / CARD_JSON if (out / CARD_JSON).exists()
+                                      else REFERENCE_DIR / CARD_JSON, budgets):
+            print(line, flush=True)
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
     todo = sorted(((name, i, n) for name in names for n in budgets[name]
                    for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None),

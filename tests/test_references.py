@@ -284,3 +284,30 @@ def test_write_card_drops_ladder_runs_the_table_now_holds_and_stale_notes(tmp_pa
     assert card["ladders"][0]["runs"] == {name: {"500/seed0": run}}
     assert card["ladders"][1]["runs"] == {name: {"1000/seed0": other}}
     assert "tokens_note" not in card              # an older build's one T for all: stale now
+
+
+def test_take_from_ladders_fills_budgets_below_t_from_the_later_ladder_and_never_t(tmp_path):
+    """--from-ladders: a budget below T that a ladder holds becomes a finished run (metrics only,
+    from the later ladder where both hold it); T, which ships, and runs already in the work folder
+    are left alone, and a ladder without the run gives nothing."""
+    build = _script("build_reference_saes")
+    name, work = "topk-k16-2048", tmp_path / "work"                  # two seeds
+    run = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "seconds": 5.0}
+    ladders = [{"hardware": "H100", "note": "", "runs": {name: {"1000/seed0": {**run, "fvu": 0.9},
+                                                                "2000/seed0": run}}},
+               {"hardware": "CPU", "note": "", "runs": {name: {"1000/seed0": run,
+                                                               "1000/seed1": {**run, "fvu": 0.3}}}}]
+    card = tmp_path / refs.CARD_JSON
+    card.write_text(json.dumps({"ladders": ladders}))
+    done = build.run_dir(work, name, 500, 1)
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({**run, "fvu": 0.5}))   # trained here already
+    taken = build.take_from_ladders(work, card, {name: [500, 1000, 2000]})
+    assert taken == [f"{name} seed0 1,000 tokens: from the card's CPU ladder",
+                     f"{name} seed1 1,000 tokens: from the card's CPU ladder"]
+    assert build.finished(work, name, 1000, 0) == run
+    assert build.finished(work, name, 1000, 1)["fvu"] == 0.3
+    assert build.finished(work, name, 2000, 0) is None                # T is always trained
+    assert build.finished(work, name, 500, 1)["fvu"] == 0.5           # not replaced
+    assert build.finished(work, name, 500, 0) is None                 # no ladder holds it
+    assert build.take_from_ladders(work, tmp_path / "none.json", {name: [1000, 2000]}) == []
