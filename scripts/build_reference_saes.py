@@ -433,7 +433,7 @@ def main() -> None:
     header = prepare(work, args.device, args.plain_model)
     header["jobs"] = args.jobs
     if args.from_ladders:
-        for line in take_from_ladders(work, REFERENCE_DIR / CARD_JSON, budgets):   # the shipped card
+        for line in take_from_ladders(work, REFERENCE_DIR / CARD_JSON, budgets):  # shipped card
             print(line, flush=True)
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
     todo = sorted(((name, i, n) for name in names for n in budgets[name]
