@@ -4,8 +4,10 @@
 # carry back under $OUT (default ./gpu_out): the log, a sample of the held-out activations computed
 # there (to compare with the CPU's), and every finished run (weights and metrics, no checkpoints:
 # they resume only on the activations they began with) in 15 MB pieces. Then, here:
-#   cat $OUT/runs.tar.part-* | tar x -C WORK/runs     # WORK: the CPU build's --work folder
-#   python scripts/build_reference_saes.py --work WORK ...   # trains only what is still missing
+#   cat $OUT/runs.tar.part-* | tar x -C reference_runs/runs   # the CPU build's --work folder
+#   python scripts/build_reference_saes.py --from-ladders ...  # trains only what is still missing
+# (then commit the finished runs there, as its README says). Budgets below T that the card's
+# ladders hold are not trained here either (--from-ladders).
 # The card records each run's machine (its metrics' "hardware").
 #
 # Measured on an 80 GB H100 (2026-11-26): 7 runs at a time fit (14 ran out of memory, before
@@ -24,9 +26,11 @@
 # now checkpoint every DEADLINE/3 seconds, so the log ends with how far each got.
 # Since then AuxK no longer scans a dense [B, d_sae] gradient (and syncs with the host) in each
 # step's backward (kernels.pre_entries); other host syncs per step remain (a nonzero/all() per
-# decode, the loss check): profile them on the next lease. As of 2026-11-28 every run still
-# missing (JumpReLU and Matryoshka-2048 at 256M, TopK-8192 at 128M, Matryoshka-8192 at 64M and
-# 128M, ~750 s for its 64M alone) takes longer than one command here: they are CPU work.
+# decode, the loss check): profile them on the next lease. On 2026-11-28 the CPU build's finished
+# runs were lost with its machine (reference_runs/README.md: what is left). At the speeds above,
+# the 128M runs of the 2048- and 512-wide TopK, BatchTopK and L1 likely fit one command (JumpReLU
+# at 2048 latents trained 333k tokens/s beside 6 others: 128M in 384 s); JumpReLU and
+# Matryoshka-2048 at 256M and the 8192-wide ones at 128M do not.
 # JOBS, TOKENS (one T for all), RUNGS, DEADLINE (seconds), ONLY and DEVICE choose.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
@@ -41,7 +45,7 @@ WORK=${WORK:-/tmp/refs_work}; REFS=${REFS:-/tmp/refs}
 # (no pkill of every multiprocessing worker: on a shared machine that kills other builds too)
 timeout -k 15 $(( ${DEADLINE:-420} + 60 )) python3 scripts/build_reference_saes.py --plain-model \
   --device ${DEVICE:-cuda} --jobs ${JOBS:-7} ${TOKENS:+--tokens $TOKENS} --rungs ${RUNGS:-2} \
-  --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} 2>&1 \
+  --deadline ${DEADLINE:-420} --out "$REFS" --work "$WORK" ${ONLY:+--only $ONLY} --from-ladders 2>&1 \
   | awk '!($0 in seen) { seen[$0]; print; fflush() }' | tee "$OUT/log.txt"   # a warning once, not per run
 python3 -c "import torch; torch.save(torch.load('$WORK/held_out.pt')['x_eval'][:4096].clone(), \
   '$OUT/x_eval_head.pt')"
