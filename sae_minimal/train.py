@@ -254,6 +254,8 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
         b_dec_init:  "geometric_median", "mean" or "zeros" (skipped when continuing training).
         dead_window: tokens without firing after which a latent counts as dead in the History
                      (default: the SAE's own ``dead_window``).
+        log_every:   steps between the History's rows (default: n_steps / 200), plus a row at
+                     each power of two before the first (a log-axis curve's first tokens).
         seed:        seeds the shuffling, so two runs with the same seed see the same batches.
         precision:   "fp32", or "bf16": the forward and backward passes run under bfloat16
                      autocast (matmuls in bfloat16), while the weights, their gradients and
@@ -391,7 +393,11 @@ def train_sae(sae: BaseSAE, activations: Tensor | Iterable[Tensor], *, n_tokens:
                     revived = resample_dead_latents(sae, sample, sae.dead_mask(dead_window),
                                                     opt, generator=resample_gen)
                     history["resampled"].append([tokens, int(revived.numel())])
-            if step % log_every == 0 or step == n_steps:  # 5. history
+            # 5. history: every log_every steps, and at each power of two before the first of
+            # them, so that a long run's curve on a log axis starts at its first batches (a 128M-
+            # token run logs every 625 steps: 640k tokens, more than a whole short run)
+            if step % log_every == 0 or step == n_steps or (step < log_every
+                                                             and step & (step - 1) == 0):
                 _log(history, step, tokens, out, x, sae, dead_window, opt.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3g}", fvu=f"{history['fvu'][-1]:.3f}",
                                 l0=f"{history['l0'][-1]:.1f}", refresh=False)

@@ -63,6 +63,12 @@ def test_parallel_gradient_is_removed():
     assert radial.abs().max() < 1e-5
 
 
+def test_history_logs_every_log_every_steps_and_powers_of_two_before_the_first():
+    hist = sm.train_sae(sm.TopKSAE(16, 32, k=4), _data(), n_tokens=20 * 128, batch_size=128,
+                        log_every=8, progress=False)
+    assert hist["step"] == [1, 2, 4, 8, 16, 20]        # 20: the last step is always logged
+
+
 def test_history_has_curves_and_lr_schedule():
     sae = sm.JumpReLUSAE(16, 32)
     hist = sm.train_sae(sae, _data(), n_tokens=40 * 128, batch_size=128, log_every=1, progress=False)
