@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_prose_numbers import NOT_PRINTED, PRINTED, QUOTED  # noqa: E402
+from test_prose_numbers import NOT_PRINTED, PRINTED, prose_quotes, set_in_code  # noqa: E402
 
 
 def printed_numbers(nb) -> dict[tuple[int, int, int], str]:
@@ -60,36 +60,29 @@ def quote_map(old, new, allowed: dict[str, str] = {}) -> list[dict]:
     its places print in NEW, each read the way OLD's printed number gave the quote) or None, and
     "why" when there is none."""
     before, after = printed_numbers(old), printed_numbers(new)
-    code = "\n".join(cell.source for cell in old.cells if cell.cell_type == "code")
     entries = []
-    for i, cell in enumerate(old.cells):
-        if cell.cell_type != "markdown":
-            continue
-        for m in QUOTED.finditer(cell.source):
-            mantissa, exponent, percent = m.groups()
-            quoted = mantissa + (exponent or "")
-            entry = {"cell": i, "span": m.span(), "quoted": m.group(0), "new": None, "why": ""}
-            entries.append(entry)
-            values, found = set(), False
-            for place, value in before.items():
-                for scale in ((1, 100) if percent else (1,)):
-                    for mode in MODES:
-                        if written_as(value, quoted, bool(percent), scale, mode) != m.group(0):
-                            continue
-                        found = True
-                        if place in after:
-                            values.add(written_as(after[place], quoted, bool(percent), scale, mode))
-            setting = re.search(rf"(?<![\w.]){re.escape(quoted)}(?![\d.]\d)", code)
-            if len(values) == 1:
-                entry["new"] = values.pop()
-            elif values:
-                entry["why"] = "its places now print " + ", ".join(sorted(values))
-            elif quoted in allowed or setting:
-                entry["new"] = m.group(0)       # a setting, or derived or quoted: as it stands
-                entry["why"] = "not printed: listed as derived or quoted, or a setting in the code"
-            else:
-                entry["why"] = ("printed nowhere in OLD" if not found
-                                else "its places are gone in NEW")
+    for i, m, quoted, percent in prose_quotes(old):
+        entry = {"cell": i, "span": m.span(), "quoted": m.group(0), "new": None, "why": ""}
+        entries.append(entry)
+        values, found = set(), False
+        for place, value in before.items():
+            for scale in ((1, 100) if percent else (1,)):
+                for mode in MODES:
+                    if written_as(value, quoted, percent, scale, mode) != m.group(0):
+                        continue
+                    found = True
+                    if place in after:
+                        values.add(written_as(after[place], quoted, percent, scale, mode))
+        if len(values) == 1:
+            entry["new"] = values.pop()
+        elif values:
+            entry["why"] = "its places now print " + ", ".join(sorted(values))
+        elif quoted in allowed or set_in_code(quoted, old):
+            entry["new"] = m.group(0)       # a setting, or derived or quoted: as it stands
+            entry["why"] = "not printed: listed as derived or quoted, or a setting in the code"
+        else:
+            entry["why"] = ("printed nowhere in OLD" if not found
+                            else "its places are gone in NEW")
     return entries
 
 

@@ -85,22 +85,32 @@ def _printed(quoted: str, percent: bool, printed: set[Decimal]) -> bool:
                for value in printed for scale in scales for mode in (ROUND_HALF_UP, ROUND_HALF_EVEN))
 
 
+def prose_quotes(nb):
+    """Each number the markdown quotes: (cell index, its match, the number as written without a
+    % sign, whether one follows)."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            for m in QUOTED.finditer(cell.source):
+                mantissa, exponent, percent = m.groups()
+                yield i, m, mantissa + (exponent or ""), bool(percent)
+
+
+def set_in_code(written: str, nb) -> bool:
+    """Whether a code cell writes the number as the prose does (a setting quoted, not measured)."""
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    return re.search(rf"(?<![\w.]){re.escape(written)}(?![\d.]\d)", code) is not None
+
+
 def unprinted(nb, allowed: dict[str, str] = {}) -> list[str]:
     """The prose's numbers that no output prints and no code cell sets, with where they are."""
     printed = _numbers(_outputs(nb))
-    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
     missing = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "markdown":
-            continue
-        for m in QUOTED.finditer(cell.source):
-            mantissa, exponent, percent = m.groups()
-            written = mantissa + (exponent or "")
-            if written in allowed or re.search(rf"(?<![\w.]){re.escape(written)}(?![\d.]\d)", code):
-                continue   # listed, or a setting quoted as the code has it
-            if not _printed(written, bool(percent), printed):
-                where = cell.source[max(0, m.start() - 50):m.end()].replace("\n", " ")
-                missing.append(f"cell {i}: {m.group(0)} in '…{where}…'")
+    for i, m, written, percent in prose_quotes(nb):
+        if written in allowed or set_in_code(written, nb):
+            continue   # listed, or a setting quoted as the code has it
+        if not _printed(written, percent, printed):
+            where = nb.cells[i].source[max(0, m.start() - 50):m.end()].replace("\n", " ")
+            missing.append(f"cell {i}: {m.group(0)} in '…{where}…'")
     return missing
 
 
