@@ -134,7 +134,10 @@ def test_ablation_effect_known_answers(standin):
     effect = ablation_effect(model, sae, HOOK, tokens, busy, clean_ce=clean_token_ce(model, tokens))
     assert len(effect["ablation"]) > 0
     assert effect["ablation"].abs().max() < 1e-4
-    assert effect["control"].abs().max() == 0.0   # ...and the control's norm is matched to ||d_i|| = 0
+    # ...and the control's norm is matched to ||d_i|| = 0: no change beyond rounding (clean_ce came
+    # from all rows at once, the edited pass from the firing rows only; a matmul over another number
+    # of rows may round otherwise: 2.4e-6 seen on one CPU, exactly 0 on another)
+    assert effect["control"].abs().max() < 1e-5
 
 
 def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
