@@ -16,7 +16,6 @@ sentence around it ("falls" may now rise): read every line the report marks "cha
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_prose_numbers import NOT_PRINTED, PRINTED, prose_quotes, set_in_code  # noqa: E402
+from test_prose_numbers import (NOT_PRINTED, PRINTED, output_text, prose_quotes,  # noqa: E402
+                                set_in_code)
 
 
 def printed_numbers(nb) -> dict[tuple[int, int, int], str]:
@@ -32,10 +32,7 @@ def printed_numbers(nb) -> dict[tuple[int, int, int], str]:
     places = {}
     for c, cell in enumerate(nb.cells):
         for o, out in enumerate(cell.get("outputs", []) if cell.cell_type == "code" else []):
-            data = out.get("data", {})
-            text = "\n".join([out.get("text", ""), data.get("text/plain", ""),
-                              re.sub(r"<[^>]*>", " ", data.get("text/html", ""))])
-            for n, m in enumerate(PRINTED.finditer(text)):
+            for n, m in enumerate(PRINTED.finditer(output_text(out))):
                 places[c, o, n] = m.group(0)
     return places
 

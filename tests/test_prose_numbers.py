@@ -54,14 +54,16 @@ NOT_PRINTED = {   # notebook -> {number as the prose writes it: why the prose ma
 }
 
 
+def output_text(out) -> str:
+    """What one output shows as text: its stream, its plain text and its HTML's text (not markup)."""
+    data = out.get("data", {})
+    return "\n".join([out.get("text", ""), data.get("text/plain", ""),
+                      re.sub(r"<[^>]*>", " ", data.get("text/html", ""))])
+
+
 def _outputs(nb) -> str:
-    texts = []
-    for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            data = out.get("data", {})
-            texts += [out.get("text", ""), data.get("text/plain", ""),
-                      re.sub(r"<[^>]*>", " ", data.get("text/html", ""))]   # its text, not markup
-    return "\n".join(texts)
+    return "\n".join(output_text(out) for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []))
 
 
 def _numbers(text: str) -> set[Decimal]:
