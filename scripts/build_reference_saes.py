@@ -201,13 +201,13 @@ def take_from_ladders(work: Path, card_json: Path, budgets: dict[str, list[int]]
     for name, ns in budgets.items():
         for n in ns[:-1]:
             for i in range(len(RECIPES[name][2])):
-                held = [lad for lad in ladders if f"{n}/seed{i}" in lad["runs"].get(name, {})]
+                key = f"{n}/seed{i}"
+                held = [lad for lad in ladders if key in lad["runs"].get(name, {})]
                 if not held or finished(work, name, n, i) is not None:
                     continue
                 folder = run_dir(work, name, n, i)
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / "metrics.json").write_text(
-                    json.dumps(held[-1]["runs"][name][f"{n}/seed{i}"]))
+                (folder / "metrics.json").write_text(json.dumps(held[-1]["runs"][name][key]))
                 taken.append(f"{name} seed{i} {n:,} tokens: from the card's "
                              f"{held[-1]['hardware']} ladder")
     return taken
