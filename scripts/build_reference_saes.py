@@ -260,6 +260,7 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
             entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
         if saes.get(name) == entry:      # called after every run: copy only what changed
             continue
+        retire_runs(card, name, saes.get(name), entry, header["hardware"])
         saes[name] = entry
         for i in range(len(seeds)):
             folder = out / (name if i == 0 else f"{name}-seed{i}")
@@ -270,6 +271,29 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
     for line in prune_ladders(card):
         print(line, flush=True)
     save_card(out, card)
+
+
+def retire_runs(card: dict, name: str, old: dict | None, new: dict, hardware: str) -> None:
+    """A table entry replaced by one at other budgets (the 4M-token set by the 128M one) would take
+    its runs' metrics and training curves with it: they go to a ladder instead, "<hardware>,
+    <budgets>" (e.g. "CPU, 2M-4M"; its runs' hardware if the entry names it), so nothing measured
+    is lost and notebook 07 still finds the short runs' dense curves there. Its note says where
+    they came from; say how they ran by hand."""
+    gone = {key: run for key, run in (old or {}).get("runs", {}).items() if key not in new["runs"]}
+    if not gone:
+        return
+    budgets = sorted({int(key.split("/")[0]) for key in gone})
+    label = (f"{', '.join((old or {}).get('hardware', [hardware]))}, "
+             f"{budgets[0] / 1e6:g}M-{budgets[-1] / 1e6:g}M")
+    ladders = card.setdefault("ladders", [])
+    ladder = next((lad for lad in ladders if lad["hardware"] == label), None)
+    if ladder is None:
+        ladder = {"hardware": label, "note": "Runs the card's table held before a build replaced "
+                  "them with longer ones (`retire_runs`), with their training curves.", "runs": {}}
+        ladders.append(ladder)
+    ladder["runs"].setdefault(name, {}).update(gone)
+    print(f"ladder {label}: {name}'s earlier table runs {sorted(gone)} moved here (check its note)",
+          flush=True)
 
 
 SAME_RUN = ("fvu", "l0", "dead", "seconds")   # held-out numbers and its own clock: one run, not two

@@ -286,6 +286,30 @@ def test_write_card_drops_ladder_runs_the_table_now_holds_and_stale_notes(tmp_pa
     assert "tokens_note" not in card              # an older build's one T for all: stale now
 
 
+def test_write_card_moves_the_table_runs_it_replaces_into_a_ladder_with_their_curves(tmp_path):
+    """The final build replaces the 2M/4M table by longer runs: the replaced runs' metrics and
+    curves go to the ladder "CPU, 2M-4M" (07 reads their dense curves), once, and a rerun that
+    changes nothing moves nothing."""
+    build = _script("build_reference_saes")
+    name, work, out = "topk-k16-512", tmp_path / "work", tmp_path / "out"
+    run = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+           "seconds": 5.0}
+    for n in (8_000_000, 16_000_000):
+        folder = build.run_dir(work, name, n, 0)
+        sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=0), folder, hook_name=refs.HOOK)
+        (folder / "metrics.json").write_text(json.dumps(run))
+    short = {f"{n}/seed0": {**run, "fvu": 0.3, "curve": {"tokens": [n]}} for n in (2_000_000, 4_000_000)}
+    out.mkdir()
+    (out / refs.CARD_JSON).write_text(json.dumps({"saes": {name: {"tokens": 4_000_000, "runs": short}},
+                                                  "ladders": [{"hardware": "CPU", "note": "", "runs": {}}]}))
+    for _ in range(2):
+        build.write_card(work, out, {name: [8_000_000, 16_000_000]}, _build_header())
+        card = json.loads((out / refs.CARD_JSON).read_text())
+        assert list(card["saes"][name]["runs"]) == ["8000000/seed0", "16000000/seed0"]
+        assert [lad["hardware"] for lad in card["ladders"]] == ["CPU", "CPU, 2M-4M"]
+        assert card["ladders"][1]["runs"] == {name: short}
+
+
 def test_take_from_ladders_fills_budgets_below_t_from_the_later_ladder_and_never_t(tmp_path):
     """--from-ladders: a budget below T that a ladder holds becomes a finished run (metrics only,
     from the later ladder where both hold it); T, which ships, and runs already in the work folder
