@@ -64,6 +64,11 @@ def test_check_absorption_rate():
     fails(main_may_fire, "main latent fires")
     fails(miss_rate, "miss rate")
 
+    def strictly_above(codes, positive, main, cos, tau):
+        fires = codes > 0
+        return float((~fires[:, main].any(1) & (fires & (cos > tau)).any(1))[positive].float().mean())
+    fails(strictly_above, "exactly tau")
+
 
 def test_the_chance_level_is_not_a_seed0_saes_first_decoder_row(monkeypatch):
     """torch.randn(d, seed 0) *is* a seed-0 SAE's initial decoder row 0: as the "random" direction

@@ -124,6 +124,7 @@ def test_check_detection_score():
     fails(lambda p, a: ai.balanced_accuracy(p.flatten(), (a > 0).flatten()), "single tokens")
     fails(lambda p, a: float(p.any(1)[(a > 0).any(1)].float().mean()), "true-positive rate")
     fails(lambda p, a: ai.balanced_accuracy(p.any(1), (a != 0).any(1)), "acts > 0")
+    fails(lambda p, a: ai.balanced_accuracy(p.any(1), (a >= 0).any(1)), "returned NaN")
 
 
 def test_score_codes_scores_sae_latents_and_controls_alike():

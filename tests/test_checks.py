@@ -73,6 +73,12 @@ def test_topk_backward():
     fails_with(checks.check_topk_backward, lambda *a: _topk_grads(*a, two=1.0), "factor 2")
     fails_with(checks.check_topk_backward, lambda *a: _topk_grads(*a, mean=False), "1/B")
     fails_with(checks.check_topk_backward, lambda *a: {"W_enc": 0}, "keys")
+    fails_with(checks.check_topk_backward,
+               lambda x, We, be, Wd, bd, k: _topk_grads(x, We, be, Wd, 0 * bd, k), "left out b_dec")
+    fails_with(checks.check_topk_backward,
+               lambda x, We, be, Wd, bd, k: _topk_grads(x, We, 0 * be, Wd, bd, k), "left out b_enc")
+    # float64 arithmetic is not a mistake: the values are checked, not the dtype
+    checks.check_topk_backward(lambda *a: {key: g.double() for key, g in _topk_grads(*a).items()})
 
 
 # --- Exercise 5 ---
@@ -106,6 +112,8 @@ class _JR(torch.autograd.Function):
             gt = -(1 / ctx.eps) * k * g
         if ctx.variant == "sign":
             gt = -gt
+        if ctx.variant == "no_grad_output":
+            gt = -(t / ctx.eps) * k
         return gz, gt.sum(0), None, None
 
 
@@ -116,6 +124,8 @@ def test_jumprelu():
     fails_with(checks.check_jumprelu, lambda z, t, e: _JR.apply(z, t, e, "dz1"), "d/dz is 1 everywhere")
     fails_with(checks.check_jumprelu, lambda z, t, e: z * (z > t), "d/dθ is zero|backward did not reach")
     fails_with(checks.check_jumprelu, lambda z, t, e: torch.relu(z - t), "unchanged")
+    fails_with(checks.check_jumprelu, lambda z, t, e: _JR.apply(z, t, e, "no_grad_output"), "ignores grad_output")
+    checks.check_jumprelu(lambda z, t, e: _JR.apply(z.double(), t.double(), e, "ok"))   # float64 passes
 
 
 # --- Toy model loss ---

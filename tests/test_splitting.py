@@ -146,6 +146,8 @@ PR_MISTAKES = {
     "number of tokens N": lambda p, q: ((p & q).float().mean(0),) * 2,
     "Jaccard": lambda p, q: ((p & q).sum(0) / (p | q).sum(0),) * 2,
     "Return NaN there": lambda p, q: tuple(t.nan_to_num(0) for t in _right_precision_recall(p, q)),
+    "when p never fires": lambda p, q: (_right_precision_recall(p, q)[0],
+                                        _right_precision_recall(p, q)[1].nan_to_num(0)),
 }
 
 

@@ -122,6 +122,12 @@ def test_check_steering_hook(capsys):
         return act
     fails_with(checks.check_steering_hook, in_place, "in place")
 
+    def batch_axis(act, d, a):
+        out = act.clone()
+        out[1:] += a * d
+        return out
+    fails_with(checks.check_steering_hook, batch_axis, "sliced the batch axis")
+
 
 def test_check_mean_difference(capsys):
     checks.check_mean_difference(lambda x, h: x[h].mean(0) - x[~h].mean(0))

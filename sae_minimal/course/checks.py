@@ -184,6 +184,8 @@ def _as_tensor(name: str, value, like: Tensor) -> Tensor:
         _fail(name, f"expected a torch.Tensor, got {type(value).__name__}.")
     if value.shape != like.shape:
         _fail(name, f"expected shape {tuple(like.shape)}, got {tuple(value.shape)}.")
+    if value.dtype != like.dtype and value.is_floating_point() and like.is_floating_point():
+        return value.to(like.dtype)   # e.g. float64 arithmetic: the values are what is checked
     return value
 
 
@@ -339,6 +341,12 @@ _TOPK_WRONG = {   # (relu, mask) -> what the learner did
 }
 
 
+_NO_B_DEC = ("x_hat left out b_dec: x_hat = z @ W_dec + b_dec, so the residual x_hat - x in "
+             "g_xhat = 2(x_hat - x)/B includes it.")
+_NO_B_ENC = ("pre left out b_enc: pre = x @ W_enc + b_enc decides which k latents TopK selects "
+             "and their values.")
+
+
 def check_topk_backward(fn: Callable) -> None:
     """fn(x, W_enc, b_enc, W_dec, b_dec, k) -> {"W_enc", "b_enc", "W_dec", "b_dec"}: hand-written
     gradients of loss = ((x_hat - x)**2).sum(-1).mean() with
@@ -361,12 +369,16 @@ def check_topk_backward(fn: Callable) -> None:
         want = _topk_reference_grads(x, W_enc, b_enc, W_dec, b_dec, k)
         wrong = {hint: _hand_grads(x, W_enc, b_enc, W_dec, b_dec, k, relu=relu, mask=mask)
                  for (relu, mask), hint in _TOPK_WRONG.items()}
+        # a bias left out of the forward pass: the same chain rule on the wrong x_hat or pre
+        wrong[_NO_B_DEC] = _topk_reference_grads(x, W_enc, b_enc, W_dec, torch.zeros_like(b_dec), k)
+        wrong[_NO_B_ENC] = _topk_reference_grads(x, W_enc, torch.zeros_like(b_enc), W_dec, b_dec, k)
         for key in ("b_dec", "W_dec", "b_enc", "W_enc"):
             g, w = grads[key], want[key]
             if not isinstance(g, Tensor) or g.shape != w.shape:
                 _fail(name, f"grad[{key!r}] must be a tensor of shape {tuple(w.shape)} "
                             f"(the shape of {key}), got "
                             f"{tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__}.")
+            g = g.to(w.dtype)            # float64 arithmetic is fine: the values are checked
             if torch.allclose(g, w, atol=1e-5, rtol=1e-4):
                 continue
             for hint, grads_wrong in wrong.items():
@@ -470,6 +482,11 @@ def check_jumprelu(fn: Callable[[Tensor, Tensor, float], Tensor]) -> None:
             if torch.allclose(-theta.grad, tr.grad, atol=1e-4):
                 _fail(name, "d/dθ has the wrong sign: raising θ can only switch units off, so it "
                             "lowers the output.")
+            kernel = (((z0 - t0) / eps).abs() < 0.5).float()
+            if torch.allclose(theta.grad, (-(t0 / eps) * kernel).sum(0), atol=1e-4):
+                _fail(name, "d/dθ ignores grad_output: the kernel term is right, but backward must "
+                            "multiply it by grad_output (the chain rule) before summing over the "
+                            "batch.")
             if theta.grad.abs().sum() == 0:
                 _fail(name, "d/dθ is zero: the Heaviside step has zero derivative almost "
                             "everywhere, which is why the STE replaces it by a kernel: "
@@ -1142,6 +1159,12 @@ def check_steering_hook(fn: Callable) -> None:
             _fail(name, "only the last position changed. Steering adds the vector at *every* "
                         "position (except BOS): the model reads the concept from all of them, and "
                         "during generation each new token's position gets it too.")
+        batch_sliced = act.clone()
+        batch_sliced[1:] += alpha * direction
+        if torch.allclose(out, batch_sliced, atol=1e-5):
+            _fail(name, "you sliced the batch axis: act[1:] skips the first *sequence*, not the "
+                        "first position. act is [n, pos, d], so positions are dim 1: "
+                        "act[:, 1:].")
         if not torch.allclose(out[:, 0], act[:, 0], atol=1e-6):
             _fail(name, "position 0 (BOS) changed; it must stay as it is.")
         _fail(name, f"with alpha = {alpha}, expected act[:, 1:] + alpha * direction; the largest "
@@ -1391,6 +1414,14 @@ def check_firing_precision_recall(fn: Callable) -> None:
                     f"{float(precision[4]):.3g}. Return NaN there (torch.where(n_q > 0, ..., nan)): "
                     "a 0 would count a latent we know nothing about as a bad match, and averages "
                     "should skip it (nanmean).")
+    # and the other 0/0: a p that never fires has no recall (a second, small call)
+    p0, q0 = torch.zeros(4, 1, dtype=torch.bool), torch.tensor([[True], [False], [True], [False]])
+    out0 = _call(name, fn, p0, q0)
+    recall0 = _as_tensor(name, out0[1] if isinstance(out0, tuple) and len(out0) == 2 else out0,
+                         torch.zeros(1, dtype=torch.double)).detach().double()
+    if not torch.isnan(recall0[0]):
+        _fail(name, f"when p never fires, its recall is 0/0; you returned {float(recall0[0]):.3g}. "
+                    "Return NaN there too (torch.where(n_p > 0, ..., nan)).")
     if not same(recall, want_recall):
         worst = int((recall - want_recall).nan_to_num(0).abs().argmax())
         _fail(name, f"recall of column {worst}: expected {float(want_recall[worst]):.4f}, got "
@@ -1422,7 +1453,7 @@ def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
     """fn(pred [n, L] bool, acts [n, L]) -> float: balanced accuracy over contexts, a context
     firing when any act > 0 and predicted when any pred is True."""
     name = "check_detection_score"
-    # 4 firing and 8 silent contexts of 5 tokens; the simulator gets 3 of 4 and 6 of 8 right
+    # 4 firing and 8 silent contexts of 5 tokens; the simulator gets 3 of 4 and 5 of 8 right
     acts = torch.zeros(12, 5)
     acts[0, 1], acts[1, 3], acts[2, 0], acts[3, 4] = 2.0, 0.5, 1.0, 3.0
     acts[3, 2] = 1.5
@@ -1465,6 +1496,10 @@ def check_detection_score(fn: Callable[[Tensor, Tensor], float]) -> None:
                        "true-negative rate.",
         "abs": "a negative value is not firing: use acts > 0, not acts != 0.",
     }
+    if math.isnan(got):     # balanced accuracy with an empty class: 0/0
+        _fail(name, "you returned NaN: one of your two classes is empty, so its rate is 0/0. "
+                    "With acts >= 0 every context 'fires' (its zeros count): a latent fires "
+                    "where acts > 0, and 8 of these 12 contexts are silent.")
     _name_the_mistake(name, got, wrong, hints, abs_tol=1e-6)
     _fail(name, f"expected {want:.4f}, got {got:.4f}. Per context: fired = (acts > 0).any(1), "
                 "predicted = pred.any(1); then (TPR + TNR) / 2.")
@@ -1540,6 +1575,12 @@ def check_absorption_rate(fn: Callable) -> None:
     want = float(absorbed[positive].float().mean())
     got = _as_float(name, _call(name, fn, codes, positive, main, cos, tau))
     if math.isclose(got, want, abs_tol=1e-6):
+        # the boundary, in a second small call: a latent with cos_to_probe exactly tau counts
+        edge = _as_float(name, _call(name, fn, torch.tensor([[0.0, 1.0]]), torch.tensor([True]),
+                                     torch.tensor([0]), torch.tensor([0.9, 0.25]), 0.25))
+        if not math.isclose(edge, 1.0, abs_tol=1e-6):
+            _fail(name, f"a firing latent with cos_to_probe exactly tau (0.25) must count as "
+                        f"aligned (cos >= tau, not >); you returned {edge:.4f} instead of 1.0.")
         _passed(name, f"{int(positive.sum())} positive rows: {int(absorbed[positive].sum())} "
                       f"absorbed, rate {want:.4f}")
         return
