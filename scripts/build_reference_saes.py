@@ -169,8 +169,13 @@ def train_run(name: str, index: int, n_tokens: int) -> dict:
     return metrics
 
 
+_FIRST_SEEN: dict[tuple, tuple[float, int]] = {}   # run -> (elapsed, tokens) at its first report
+
+
 def report_progress(work: Path, todo: list, elapsed: float) -> None:
-    """One line per unfinished run that has saved a checkpoint: the tokens it has trained."""
+    """One line per unfinished run that has saved a checkpoint: the tokens it has trained and,
+    from the second report on, the time left at its speed since the first (a resumed run's
+    earlier sittings do not count: another machine, or other runs beside it)."""
     for name, index, n in todo:
         path = run_dir(work, name, n, index) / CHECKPOINT
         if finished(work, name, n, index) is None and path.exists():
@@ -178,8 +183,13 @@ def report_progress(work: Path, todo: list, elapsed: float) -> None:
                 tokens = torch.load(path, map_location="cpu", weights_only=False)["tokens"]
             except Exception:  # noqa: BLE001 -- being rewritten: the next report reads it
                 continue
+            t0, tokens0 = _FIRST_SEEN.setdefault((name, index, n), (elapsed, tokens))
+            left = ""
+            if tokens > tokens0 and elapsed > t0:
+                seconds = (n - tokens) * (elapsed - t0) / (tokens - tokens0)
+                left = f", about {seconds / 60:.0f} min left"
             print(f"[{elapsed:5.0f} s] ... {name} seed{index} {n:>11,} tokens: {tokens / n:.0%} "
-                  "trained", flush=True)
+                  f"trained{left}", flush=True)
 
 
 def _run_safely(name: str, index: int, n_tokens: int):

@@ -310,6 +310,19 @@ def test_write_card_moves_the_table_runs_it_replaces_into_a_ladder_with_their_cu
         assert card["ladders"][1]["runs"] == {name: short}
 
 
+def test_report_progress_says_how_far_and_how_long_at_this_sittings_speed(tmp_path, capsys):
+    build = _script("build_reference_saes")
+    run = ("topk-k16-512", 0, 1000)
+    folder = build.run_dir(tmp_path, *run[:1], run[2], run[1])
+    folder.mkdir(parents=True)
+    for elapsed, tokens in ((600.0, 300), (1200.0, 500)):      # 200 tokens in 600 s: 1,500 s left
+        torch.save({"tokens": tokens}, folder / build.CHECKPOINT)
+        build.report_progress(tmp_path, [run], elapsed)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith("1,000 tokens: 30% trained")       # a resumed run's 300: no speed yet
+    assert second.endswith("1,000 tokens: 50% trained, about 25 min left")
+
+
 def test_take_from_ladders_fills_budgets_below_t_from_the_later_ladder_and_never_t(tmp_path):
     """--from-ladders: a budget below T that a ladder holds becomes a finished run (metrics only,
     from the later ladder where both hold it); T, which ships, and runs already in the work folder
