@@ -296,7 +296,7 @@ def retire_runs(card: dict, name: str, old: dict | None, new: dict, hardware: st
     if not gone:
         return
     budgets = sorted({int(key.split("/")[0]) for key in gone})
-    label = (f"{', '.join((old or {}).get('hardware', [hardware]))}, "
+    label = (f"{', '.join(old.get('hardware', [hardware]))}, "     # old is set: runs were gone
              f"{budgets[0] / 1e6:g}M-{budgets[-1] / 1e6:g}M")
     ladders = card.setdefault("ladders", [])
     ladder = next((lad for lad in ladders if lad["hardware"] == label), None)
