@@ -42,15 +42,19 @@ def test_grading_problems_names_each_problem():
         nbformat.v4.new_code_cell("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"),
         nbformat.v4.new_code_cell("check_f(f)", metadata={"nbgrader": {"grade": True, "grade_id": "a",
                                                                         "locked": False, "points": 1}}),
+        nbformat.v4.new_markdown_cell("**Why?**\n\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION",
+                                      metadata={"nbgrader": {"solution": True, "grade": True, "grade_id": "d",
+                                                             "locked": False, "points": 1}}),
     ])
     problems = "\n".join(course_build.grading_problems(nb))
     for expected in ("move its '# HINT:' lines above", "no nbgrader solution metadata",
                      "cell 0 (`def f():`) calls a checker but is not a locked", "cell 2 (`check_f(f)`) calls a checker",
-                     "grade_id 'a' is used twice"):
+                     "grade_id 'a' is used twice", "cell 3 (`**Why?**`): a written answer's cell holds text"):
         assert expected in problems
     nb.cells[0].source = "def f():\n    # HINT: think\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
     nb.cells[1].metadata = {"nbgrader": {"solution": True, "grade": False, "grade_id": "b", "locked": False}}
     nb.cells[2].metadata["nbgrader"].update(locked=True, grade_id="c")
+    nb.cells[3].source = nb.cells[3].source.replace("**Why?**\n\n", "")   # the question goes to a locked cell
     assert course_build.grading_problems(nb) == []
 
 

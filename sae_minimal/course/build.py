@@ -197,7 +197,8 @@ def build(root: Path | None = None, check_only: bool = False) -> list[str]:
 def grading_problems(nb) -> list[str]:
     """What keeps ``nbgrader autograde`` from grading a solution notebook's exercises: a checker
     call outside a locked test cell with points, a solution block in a cell nbgrader does not
-    treat as a solution, a hint inside a block (nbgrader deletes it), a repeated grade_id."""
+    treat as a solution, a hint inside a block (nbgrader deletes it), a written answer sharing
+    its editable cell with the question, a repeated grade_id."""
     from .runner import checker_calls
 
     problems, ids = [], []
@@ -208,6 +209,10 @@ def grading_problems(nb) -> list[str]:
         _replace_blocks(cell.source, lambda kind, indent, body: blocks.append(body) or [])
         if blocks and not meta.get("solution"):
             problems.append(f"{label} has a solution block but no nbgrader solution metadata")
+        if cell.cell_type == "markdown" and blocks and _replace_blocks(cell.source, lambda *_: []).strip():
+            problems.append(f"{label}: a written answer's cell holds text outside its solution block, "
+                            "which the learner could delete with their answer: move the question into a "
+                            "locked markdown cell above (and what follows into a cell below)")
         if any(line.strip().startswith("# HINT:") for body in blocks for line in body):
             problems.append(f"{label}: move its '# HINT:' lines above '{BEGIN}' (nbgrader "
                             "deletes what is inside the block)")
