@@ -480,14 +480,25 @@ def bench_auxk(args) -> None:
     k_aux of all d_sae), the top k_aux of the dead columns gathered from pre (both give pre a dense
     gradient, which the encoder's backward scans for its non-zeros), and ``topk.auxk_loss`` (the
     same entries, their gradient sent to the encoder from the entries: ``kernels.pre_entries``).
-    Row "0 dead" is the step without AuxK."""
+    Row "0 dead" is the step without AuxK.
+
+    On a trained SAE and real inputs (the shipped reference topk-k16-8192 on a batch of the
+    stand-in's activations): the decoder's backward and AuxK's residual depend on which latents
+    fire, which a random initialisation on Gaussian inputs gets wrong."""
     from sae_minimal import topk
-    d_in, d_sae, batch, k_aux = 256, 8192, 1024, 128
-    print(f"TopK (k 16) + AuxK, d_in {d_in}, d_sae {d_sae}, batch {batch}, k_aux {k_aux}: "
-          "forward + backward per step\n")
+    from sae_minimal.lm.lab import Lab
+    from sae_minimal.lm.references import load_reference
+
+    batch, k_aux = 1024, 128
+    sae = load_reference("topk-k16-8192", device=args.device)
+    sae.k_aux = k_aux
+    sae.train()
+    x = Lab("standin", fast=False, verbose=False).activations().load_all(batch).to(args.device)
+    print(f"TopK (k {sae.k}) + AuxK, the reference topk-k16-8192 ({sae.d_in} x {sae.d_sae}, "
+          f"{sae.trained_tokens:,} training tokens), a batch of {batch} stand-in activations, "
+          f"k_aux {k_aux}: forward + backward per step\n")
     print(f"{'dead':>7}{'masked ms':>11}{'dead cols ms':>14}{'pre_entries ms':>16}{'speed-up':>10}")
-    sae = sm.TopKSAE(d_in, d_sae, k=16, k_aux=k_aux, seed=0).to(args.device).train()
-    x = torch.randn(batch, d_in, device=args.device)
+    d_sae = sae.d_sae
     # each way: what it puts into topk for the step (the dead columns gathered from pre itself:
     # auxk_loss with a plain gather in place of pre_entries; the package's own: no change)
     ways = {"masked": ("auxk_loss", _masked_auxk),
