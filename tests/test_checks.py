@@ -31,7 +31,8 @@ def test_overcomplete(capsys):
 # --- Exercise 3 ---
 def test_soft_threshold():
     checks.check_soft_threshold(lambda z, lam: torch.sign(z) * torch.clamp(z.abs() - lam, min=0))
-    fails_with(checks.check_soft_threshold, lambda z, lam: z - lam * torch.sign(z), "did you forget the sign")
+    fails_with(checks.check_soft_threshold, lambda z, lam: z - lam * torch.sign(z), "did you forget to clip at 0")
+    fails_with(checks.check_soft_threshold, lambda z, lam: z - lam, "did you forget to clip at 0")
     fails_with(checks.check_soft_threshold, lambda z, lam: torch.clamp(z - lam, min=0), "only handles positive z")
     fails_with(checks.check_soft_threshold, lambda z, lam: z * (z.abs() > lam), "hard thresholding")
     fails_with(checks.check_soft_threshold, lambda z, lam: torch.sign(z) * torch.clamp(z.abs() - lam / 2, min=0),
@@ -89,8 +90,11 @@ def test_welch_bound():
     fails_with(checks.check_welch_bound, lambda d, e: d * (1 - e**2) / (1 - d * e**2), "return math.inf|round down")
     fails_with(checks.check_welch_bound,
                lambda d, e: math.inf if d * e**2 >= 1 else d * (1 - e**2) / (1 - d * e**2), "round down")
+    # ε in place of ε², in the vacuity test and in the formula: both named
     fails_with(checks.check_welch_bound,
-               lambda d, e: math.inf if d * e >= 1 else d * (1 - e) / (1 - d * e), "uses ε²|finite")
+               lambda d, e: math.inf if d * e >= 1 else d * (1 - e) / (1 - d * e), "Did you test d·ε >= 1")
+    fails_with(checks.check_welch_bound, lambda d, e: math.inf if d * e**2 >= 1 else (
+        math.floor(d * (1 - e) / (1 - d * e)) if d * e < 1 else ref(d, e)), "with ε in place of ε²")
     fails_with(checks.check_welch_bound, lambda d, e: math.inf, "bound is finite")
 
 
@@ -141,6 +145,10 @@ def test_toy_model_loss():
                "summed over the batch")
     fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: (imp * (x - torch.relu(x @ W.T @ W + b)) ** 2).mean(),
                "averaged over features")
+    fails_with(checks.check_toy_model_loss, lambda W, b, x, imp: (imp * (x - torch.relu(x @ W.T @ W)) ** 2).sum(-1).mean(),
+               "the bias b is missing")
+    fails_with(checks.check_toy_model_loss,
+               lambda W, b, x, imp: (imp * (x - (torch.relu(x @ W.T @ W) + b)) ** 2).sum(-1).mean(), "after the ReLU")
 
 
 # --- Recovery score ---

@@ -57,6 +57,12 @@ def test_welch_bounds():
     log_n, k = capacity.best_log_welch_bound(4096, 0.1)
     assert math.isfinite(log_n) and k > 1
     assert capacity.log_welch_bound_k(4096, 0.1, 2) == math.inf
+    # coherence floors: the first Welch bound sqrt((n-d)/(d(n-1))), until n passes C(d+1, 2) = d(d+1)/2
+    assert capacity.welch_coherence_floor(1_000_000, 4096) == (pytest.approx(math.sqrt((1e6 - 4096) / (4096 * (1e6 - 1)))), 1)
+    floor2, k = capacity.welch_coherence_floor(34_000_000, 4096)
+    assert k == 2 and floor2 == pytest.approx(((34e6 / (4096 * 4097 / 2) - 1) / (34e6 - 1)) ** 0.25)
+    assert floor2 > math.sqrt((34e6 - 4096) / (4096 * (34e6 - 1)))     # tighter than the first
+    assert capacity.welch_coherence_floor(10, 16) == (0.0, 0)           # n <= d: orthogonal vectors fit
 
 
 def test_random_vectors_respect_welch_and_packing_beats_random():

@@ -242,8 +242,9 @@ def check_soft_threshold(fn: Callable[[Tensor, float], Tensor]) -> None:
         if (out[small] < -1e-6).any():
             _fail(name, f"with λ={lam} your soft-threshold returns negative values for inputs "
                         f"with |z| < λ (e.g. z={z[small & (out < 0)][0]:.3f} -> "
-                        f"{out[small & (out < 0)][0]:.3f}): did you forget the sign? "
-                        "Inside [-λ, λ] the answer is exactly 0.")
+                        f"{out[small & (out < 0)][0]:.3f}): did you forget to clip at 0? "
+                        "Shrinking |z| by λ overshoots past 0 there, so take max(|z| - λ, 0) "
+                        "before putting the sign back: inside [-λ, λ] the answer is exactly 0.")
         if (out[small].abs() > 1e-6).any():
             _fail(name, f"with λ={lam} inputs with |z| < λ must map to 0 "
                         "(that is where sparsity comes from); "
@@ -408,7 +409,7 @@ def check_welch_bound(fn: Callable[[int, float], float]) -> None:
     vacuous."""
     name = "check_welch_bound"
     cases = [(4096, 0.01), (4096, 0.1), (768, 0.02), (100, 0.05), (2, 0.5), (10, 0.0), (512, 0.03),
-             (4096, 0.015625)]
+             (4096, 0.015625), (100, 0.005)]
     for d, eps in cases:
         got = _call(name, fn, d, eps)
         want = welch_bound(d, eps)
@@ -421,15 +422,22 @@ def check_welch_bound(fn: Callable[[int, float], float]) -> None:
         raw = d * (1 - eps**2) / (1 - d * eps**2)
         if got == want:
             continue
+        squared = ("the Welch bound uses ε² (it bounds squared inner products, through "
+                   "‖G‖_F² >= (tr G)² / d), not ε")
         if got == math.inf:
+            if d * eps >= 1:   # the vacuity test written with ε: d·ε >= 1 comes far sooner
+                _fail(name, f"d={d}, eps={eps}: you returned inf, but d·ε² = {d * eps**2:.3g} < 1, "
+                            f"so the bound is finite: N <= {want:.0f}. Did you test d·ε >= 1? "
+                            f"{squared[0].upper()}{squared[1:]}.")
             _fail(name, f"d={d}, eps={eps}: d·ε² = {d * eps**2:.3g} < 1, so the bound is finite: "
                         f"N <= {want:.0f}.")
         if math.isclose(float(got), raw, rel_tol=1e-9):
             _fail(name, f"d={d}, eps={eps}: you returned {got:.4f}; N counts vectors, so round "
                         f"down to {want:.0f}.")
-        if d * eps < 1 and math.isclose(float(got), d * (1 - eps) / (1 - d * eps), rel_tol=1e-6):
-            _fail(name, f"d={d}, eps={eps}: the Welch bound uses ε² (squared inner products), "
-                        "not ε.")
+        with_eps = [d * (1 - eps) / (1 - d * eps)] if d * eps < 1 else []
+        if any(math.isclose(float(got), w, rel_tol=1e-6) for w in with_eps + [math.floor(w) for w in with_eps]):
+            _fail(name, f"d={d}, eps={eps}: you returned {got!r}, the bound with ε in place of ε²: "
+                        f"{squared}; expected {want:.0f}.")
         _fail(name, f"d={d}, eps={eps}: expected floor(d(1-ε²)/(1-dε²)) = {want:.0f}, got {got!r}.")
     _passed(name, f"{len(cases)} cases, e.g. d=4096: ε=0.01 -> N <= {welch_bound(4096, 0.01):.0f}, "
                   "ε=0.1 -> vacuous (inf)")
@@ -518,6 +526,14 @@ def check_toy_model_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor])
             _fail(name, "you forgot the ReLU on the output: x' = ReLU(WᵀWx + b). The ReLU is what "
                         "lets the model filter out negative interference, and so what makes "
                         "superposition pay.")
+        def loss_of(x_out: Tensor) -> Tensor:
+            return ((x - x_out) ** 2 * imp).sum(-1).mean()
+        if torch.isclose(got, loss_of(torch.relu(x @ W.T @ W)), rtol=1e-4):
+            _fail(name, "the bias b is missing: x' = ReLU(WᵀWx + b). The model learns b too; a "
+                        "negative b is how it switches off small interference.")
+        if torch.isclose(got, loss_of(torch.relu(x @ W.T @ W) + b), rtol=1e-4):
+            _fail(name, "you added b after the ReLU: x' = ReLU(WᵀWx + b), with b inside. Outside, "
+                        "it cannot filter interference, and the output can go negative.")
         if torch.isclose(got, ((x - x_hat) ** 2).sum(-1).mean(), rtol=1e-4):
             _fail(name, "the importance weights are missing: multiply each feature's squared error "
                         "by I_i.")
