@@ -259,6 +259,8 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
         if not done:
             continue
         top = done[-1]
+        if not (run_dir(work, name, top, 0) / "cfg.json").exists():
+            continue     # metrics only (a T/2 taken from a ladder, weights not kept): wait for T
         for n in done:
             add_mmcs(work, name, n)
         runs = {f"{n}/seed{i}": finished(work, name, n, i)     # read after add_mmcs wrote MMCS

@@ -216,6 +216,12 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     assert entry["hardware"] == ["CPU", "NVIDIA H100"]
     rows = [r for r in (out / "REFERENCE_CARD.md").read_text().splitlines() if r.startswith("| top")]
     assert [("(on NVIDIA H100)" in r) for r in rows] == [True, False]   # 1,000 and 2,000 tokens
+    # a T/2 kept as metrics only (from a ladder) while T is half done: nothing to ship yet, no error
+    for i in range(len(seeds)):
+        for f in ("cfg.json", "sae_weights.safetensors"):
+            (build.run_dir(tmp_path / "work", name, 2000, i) / f).unlink()
+    build.write_card(tmp_path / "work", tmp_path / "out2", {name: [1000, 2000, 4000]}, header)
+    assert name not in json.loads((tmp_path / "out2" / refs.CARD_JSON).read_text())["saes"]
 
 
 def test_import_ladder_replaces_a_ladder_in_its_place(tmp_path):
