@@ -517,17 +517,15 @@ def check_toy_model_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor])
         got = _call(name, fn, W, b, x, imp)
         if not isinstance(got, Tensor) or got.numel() != 1:
             _fail(name, f"return a scalar tensor, got {got!r}.")
+        def loss_of(x_out: Tensor) -> Tensor:   # the loss for a given output x' (right or wrong)
+            return ((x - x_out) ** 2 * imp).sum(-1).mean()
         x_hat = toy_forward(W[None], b[None], x[None])[0]  # one instance: W [1, m, n], x [1, B, n]
-        want = ((x - x_hat) ** 2 * imp).sum(-1).mean()
-        if torch.isclose(got, want, rtol=1e-4):
+        if torch.isclose(got, loss_of(x_hat), rtol=1e-4):
             continue
-        lin = x @ W.T @ W + b
-        if torch.isclose(got, ((x - lin) ** 2 * imp).sum(-1).mean(), rtol=1e-4):
+        if torch.isclose(got, loss_of(x @ W.T @ W + b), rtol=1e-4):
             _fail(name, "you forgot the ReLU on the output: x' = ReLU(WᵀWx + b). The ReLU is what "
                         "lets the model filter out negative interference, and so what makes "
                         "superposition pay.")
-        def loss_of(x_out: Tensor) -> Tensor:
-            return ((x - x_out) ** 2 * imp).sum(-1).mean()
         if torch.isclose(got, loss_of(torch.relu(x @ W.T @ W)), rtol=1e-4):
             _fail(name, "the bias b is missing: x' = ReLU(WᵀWx + b). The model learns b too; a "
                         "negative b is how it switches off small interference.")
@@ -543,7 +541,7 @@ def check_toy_model_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor])
         if torch.isclose(got, ((x - x_hat) ** 2 * imp).mean(), rtol=1e-4):
             _fail(name, "you averaged over features too: sum over features (weighted by I_i), "
                         "mean over the batch.")
-        _fail(name, f"loss {float(got):.5f} differs from the reference {float(want):.5f} "
+        _fail(name, f"loss {float(got):.5f} differs from the reference {float(loss_of(x_hat)):.5f} "
                     f"(m={m}, n={n}).")
     _passed(name, "3 cases (importance-weighted, ReLU output, mean over the batch)")
 
