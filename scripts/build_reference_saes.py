@@ -100,10 +100,13 @@ CHECKPOINT, CHECKPOINT_EVERY = "training_checkpoint.pt", 600   # seconds between
 # seed's dead fraction fell 0.83% -> 0.59%, 0.24 points (its second seed's stayed at 0.59%).
 # And BatchTopK (CPU, 64M -> 128M, rebuilt 2026-11-28): FVU -0.7%, but MMCS 0.731 -> 0.751, +2.7%
 # (the lost 128M pair, same seeds and recipe, had 0.743: +1.6%; the criterion is near that noise).
+# JumpReLU's 256M pair (CPU, 2026-11-28) then had FVU 0.0%, dead 0.10% -> 0.10% / 0.05% and CE loss
+# recovered flat, but MMCS 0.712 -> 0.726, +2.0005%. The rule says under 2%, so it gets 512M: the
+# rule was set before the runs, and loosening it after seeing one miss it would make it no test.
 TOKENS = {name: 128_000_000 for name in ("l1-2048", "topk-k16-2048",
                                          "topk-k16-512", "topk-k16-8192", "matryoshka-k16-8192")}
-TOKENS["jumprelu-2048"] = TOKENS["matryoshka-k16-2048"] = 256_000_000
-TOKENS["batchtopk-k16-2048"] = 256_000_000
+TOKENS["matryoshka-k16-2048"] = TOKENS["batchtopk-k16-2048"] = 256_000_000
+TOKENS["jumprelu-2048"] = 512_000_000   # its 256M pair missed the MMCS clause: +2.0005%
 
 
 def as_shipped(sae):
