@@ -20,8 +20,9 @@ with k terms cannot go below. In the joint law the local exponent in N at a give
 
 Every fit is least squares on **log L** (relative errors): the points span an order of magnitude or
 more, and least squares on L itself would let the largest losses (smallest N) decide the exponent.
-Pure tensor code, no scipy: the saturating fit profiles L_∞ over a grid (for each L_∞ the rest is a
-straight-line fit in log-log space), then refines it by golden-section search.
+Pure tensor code, no scipy: the saturating fit profiles L_∞ over a grid (for each L_∞, the (c, α)
+that minimise the error in ln L, by Levenberg-Marquardt from the straight-line fit through
+ln(L - L_∞)), then over a finer grid around the best point.
 """
 
 from __future__ import annotations
@@ -103,39 +104,60 @@ class PowerLawFit:
         return power_law(N, self.c, self.alpha, self.L_inf)
 
 
-def _log_rms(N: Tensor, L: Tensor, L_inf: float) -> tuple[float, float, float]:
-    c, alpha = fit_power_law(N, L, L_inf)
-    err = float((power_law(N, c, alpha, L_inf).log() - L.log()).pow(2).mean().sqrt())
-    return err, c, alpha
+def _profile(x: Tensor, y: Tensor, L_inf: Tensor, iters: int = 30) -> tuple[Tensor, Tensor, Tensor]:
+    """For each candidate floor L_inf [G], the (ln c, alpha) [G] that minimise the squared error in
+    ln L, and that error's rms [G]. x = ln N [n], y = ln L [n].
+
+    The model is ln L = ln(exp(ln c - alpha·x) + L_inf). A straight line through ln(L - L_inf)
+    (``fit_power_law``) is only the start: it weights each point by L / (L - L_inf), so near the
+    floor the widest SAEs would decide the exponent. Levenberg-Marquardt then minimises the error in
+    ln L itself, all candidates at once; a step is kept only where it lowers the error."""
+    xc = x - x.mean()
+    Y = (y.exp() - L_inf[:, None]).log()                           # [G, n]
+    slope = (Y - Y.mean(1, keepdim=True)) @ xc / (xc @ xc)
+    theta = torch.stack([Y.mean(1) - slope * x.mean(), -slope], 1)  # [G, 2]: ln c, alpha
+
+    def residuals(theta):
+        m = (theta[:, :1] - theta[:, 1:] * x).exp()                 # c·N^(-alpha), [G, n]
+        return (m + L_inf[:, None]).log() - y, m / (m + L_inf[:, None])
+
+    r, w = residuals(theta)
+    cost, damping = r.pow(2).sum(1), torch.full_like(L_inf, 1e-3)
+    for _ in range(iters):
+        J = torch.stack([w, -x * w], 2)                             # d r / d(ln c, alpha), [G, n, 2]
+        JtJ = J.transpose(1, 2) @ J
+        step = torch.linalg.solve(JtJ + damping[:, None, None] * torch.diag_embed(
+            JtJ.diagonal(dim1=1, dim2=2) + 1e-12), -(J.transpose(1, 2) @ r[..., None]))[..., 0]
+        r_new, w_new = residuals(theta + step)
+        cost_new = r_new.pow(2).sum(1)
+        better = cost_new < cost                                    # NaN compares False: rejected
+        theta = torch.where(better[:, None], theta + step, theta)
+        r, w = torch.where(better[:, None], r_new, r), torch.where(better[:, None], w_new, w)
+        cost = torch.where(better, cost_new, cost)
+        damping = torch.where(better, damping / 3, damping * 4)
+    return theta[:, 0], theta[:, 1], (cost / len(x)).sqrt()
 
 
 def fit_saturating_power_law(N, L, *, grid: int = 100) -> PowerLawFit:
-    """Fit L ≈ c·N^(-alpha) + L_inf with L_inf >= 0 unknown (least squares on ln L).
+    """Fit L ≈ c·N^(-alpha) + L_inf with L_inf >= 0 unknown: least squares on ln L over all three.
 
-    N [n], L [n] with n >= 3 (three parameters). For each L_inf on a grid over [0, min L) the best
-    (c, alpha) is a straight-line fit in log-log space (``fit_power_law``); the L_inf with the
-    smallest rms error in ln L is then refined by golden-section search between its grid
-    neighbours. Few points that barely bend leave L_inf poorly determined: bootstrap it
-    (``bootstrap_fits``) before trusting it."""
+    N [n], L [n] with n >= 3 (three parameters). The floor is profiled: for each L_inf on a grid over
+    [0, min L) the best (c, alpha) for the error in ln L (``_profile``), then a second grid between
+    the best point's neighbours. Few points that barely bend leave L_inf poorly determined:
+    bootstrap it (``bootstrap_fits``) before trusting it."""
     N, L = _points(N, L, min_points=3)
+    x, y = N.log(), L.log()
     top = float(L.min()) * (1 - 1e-6)
-    candidates = [top * i / grid for i in range(grid)]
-    errors = [_log_rms(N, L, v)[0] for v in candidates]
-    best = min(range(grid), key=errors.__getitem__)
-    lo, hi = candidates[max(best - 1, 0)], candidates[min(best + 1, grid - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(40):   # golden-section search on [lo, hi]
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if _log_rms(N, L, a)[0] <= _log_rms(N, L, b)[0]:
-            hi = b
-        else:
-            lo = a
-    L_inf = (lo + hi) / 2
-    err, c, alpha = _log_rms(N, L, L_inf)
-    if errors[best] < err:   # keep the grid point if the search found nothing better
-        L_inf = candidates[best]
-        err, c, alpha = _log_rms(N, L, L_inf)
-    return PowerLawFit(c, alpha, L_inf, err)
+    candidates, fit = torch.linspace(0, top, grid, dtype=torch.float64), None
+    for _ in range(2):   # the grid, then a finer one between the best point's neighbours
+        log_c, alpha, err = _profile(x, y, candidates)
+        best = int(torch.nan_to_num(err, nan=math.inf).argmin())
+        if fit is None or float(err[best]) < fit.rms_log_error:
+            fit = PowerLawFit(math.exp(float(log_c[best])), float(alpha[best]),
+                              float(candidates[best]), float(err[best]))
+        lo, hi = candidates[max(best - 1, 0)], candidates[min(best + 1, grid - 1)]
+        candidates = torch.linspace(float(lo), float(hi), grid, dtype=torch.float64)
+    return fit
 
 
 # --- Gao et al.'s joint law in (N, k) -------------------------------------------------------------

@@ -69,6 +69,17 @@ def test_check_absorption_rate():
         return float((~fires[:, main].any(1) & (fires & (cos > tau)).any(1))[positive].float().mean())
     fails(strictly_above, "exactly tau")
 
+    # both pass the first (single main latent) case; the two-main-latent case names each
+    def every_main_must_fire(codes, positive, main, cos, tau):
+        fires = codes > 0
+        return float((~fires[:, main].all(1) & (fires & (cos >= tau)).any(1))[positive].float().mean())
+
+    def first_main_only(codes, positive, main, cos, tau):
+        fires = codes > 0
+        return float((~fires[:, int(main[0])] & (fires & (cos >= tau)).any(1))[positive].float().mean())
+    fails(every_main_must_fire, "no main latent fires")
+    fails(first_main_only, "first main latent only")
+
 
 def test_the_chance_level_is_not_a_seed0_saes_first_decoder_row(monkeypatch):
     """torch.randn(d, seed 0) *is* a seed-0 SAE's initial decoder row 0: as the "random" direction

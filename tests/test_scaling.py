@@ -31,6 +31,24 @@ def test_saturating_fit_finds_the_floor_and_predicts_beyond_the_data():
                         rel_tol=0.05)
 
 
+def test_saturating_fit_is_least_squares_on_log_L_not_on_log_of_the_reducible_part():
+    # FVUs like notebook 07's width sweep: the last points sit just above the floor, where a line
+    # through ln(L - L_inf) lets them decide the exponent (it found alpha 1.18, rms 0.0082; the
+    # least-squares optimum in ln L is alpha 1.11, rms 0.0068, scipy's least_squares agrees)
+    widths = torch.tensor([256.0, 512, 1024, 2048, 4096], dtype=torch.float64)
+    L = torch.tensor([0.1785, 0.1464, 0.1285, 0.1214, 0.1197], dtype=torch.float64)
+    fit = scaling.fit_saturating_power_law(widths, L)
+    assert abs(fit.alpha - 1.1115) < 0.002 and fit.rms_log_error < 0.0069
+
+    def rms(c, alpha, L_inf):
+        return float((scaling.power_law(widths, c, alpha, L_inf).log() - L.log()).pow(2).mean().sqrt())
+
+    assert math.isclose(rms(fit.c, fit.alpha, fit.L_inf), fit.rms_log_error, rel_tol=1e-9)
+    for dc, da, dl in ((1.01, 0, 0), (0.99, 0, 0), (1, 0.01, 0), (1, -0.01, 0), (1, 0, 1e-4),
+                       (1, 0, -1e-4)):   # no nearby point does better: a minimum in all three
+        assert rms(fit.c * dc, fit.alpha + da, fit.L_inf + dl) >= fit.rms_log_error
+
+
 def test_joint_fit_recovers_local_exponents():
     k = torch.tensor([8.0, 16, 32]).repeat(5)
     widths = torch.tensor([256.0, 512, 1024, 2048, 4096]).repeat_interleave(3)

@@ -1595,6 +1595,20 @@ def check_absorption_rate(fn: Callable) -> None:
         if not math.isclose(edge, 1.0, abs_tol=1e-6):
             _fail(name, f"a firing latent with cos_to_probe exactly tau (0.25) must count as "
                         f"aligned (cos >= tau, not >); you returned {edge:.4f} instead of 1.0.")
+        # several main latents (the notebook's SAEs have up to 3): the parent is present when any
+        # of them fires. Rows: main 1 fires, none fires, main 0 fires, none fires (and no aligned)
+        two = _as_float(name, _call(name, fn, torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0],
+                                                            [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]),
+                                    torch.ones(4, dtype=torch.bool), torch.tensor([0, 1]),
+                                    torch.tensor([0.9, 0.8, 0.5, 0.0]), tau))
+        if not math.isclose(two, 0.25, abs_tol=1e-6):
+            hint = {0.75: "A row counts as a miss only when no main latent fires: you treated "
+                          "'not every main latent fires' as a miss (use .any over the main "
+                          "latents, then negate).",
+                    0.5: "You looked at the first main latent only: with main = [0, 1] a row where "
+                         "latent 1 fires is not a miss."}.get(round(two, 4), "")
+            _fail(name, f"with two main latents (main = [0, 1]) and four positive rows, one "
+                        f"absorbed, the rate is 0.2500; you returned {two:.4f}. {hint}".rstrip())
         _passed(name, f"{int(positive.sum())} positive rows: {int(absorbed[positive].sum())} "
                       f"absorbed, rate {want:.4f}")
         return
