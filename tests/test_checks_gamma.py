@@ -24,3 +24,15 @@ def test_reconstruction_bias(capsys):
     fails_with(lambda x, h, c: float(((h - c).pow(2).sum(-1) / ((h - c) * (x - c)).sum(-1)).max()),
                "expected γ")
     fails_with(lambda x, h, c: "0.7", "return γ as a float|expected γ")
+
+
+def test_reconstruction_bias_second_case_names_per_row_and_data_mean():
+    """Both pass the uniform case (every row shrunk alike, data centred on `center`) and must fail
+    the one where shrinkage varies with the row's length around an offset the data's mean misses."""
+    per_row = lambda x, h, c: float((((h - c) ** 2).sum(-1) / ((h - c) * (x - c)).sum(-1)).mean())
+    data_mean = lambda x, h, c: relative_reconstruction_bias(x, h, center=x.mean(0))
+    for fn in (per_row, data_mean):      # the first case alone cannot tell them from γ
+        _, x, h, c = checks._bias_cases()[0]
+        assert abs(fn(x, h, c) / relative_reconstruction_bias(x, h, center=c) - 1) < 1e-3
+    fails_with(per_row, "one ratio per row")
+    fails_with(data_mean, "data's own mean")

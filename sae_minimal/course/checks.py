@@ -934,28 +934,30 @@ def check_resample_dead(fn: Callable) -> None:
 
 
 # --- Notebook 04 part 2: shrinkage on real activations ---------------------------------------------
-def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None:
-    """fn(x [N, d], x_hat [N, d], center [d]) -> γ = E||x̂ - c||² / E[(x̂ - c)·(x - c)]
-    (Rajamanoharan et al. 2024a, sec. 5.1), measured around ``center``."""
-    name = "check_reconstruction_bias"
+def _bias_cases() -> list[tuple[str, Tensor, Tensor, Tensor]]:
+    """check_reconstruction_bias's cases: (what, x [N, 16], x_hat [N, 16], center [16])."""
     gen = torch.Generator().manual_seed(0)
     center = 10.0 * torch.randn(16, generator=gen)          # a large shared offset, as in a
     signal = torch.randn(256, 16, generator=gen)             # residual stream
-    x = center + signal
-    x_hat = center + 0.7 * signal + 0.05 * torch.randn(256, 16, generator=gen)   # shrunk by 0.7
-    xc, hc = x - center, x_hat - center
-    want = float(hc.pow(2).sum() / (hc * xc).sum())
-    got = _call(name, fn, x, x_hat, center)
-    try:
-        got = float(got)
-    except (TypeError, ValueError):
-        _fail(name, f"return γ as a float (e.g. `float(...)` of a 0-d tensor), got {got!r}.")
-    wrong = {
-        "uncentred": float(x_hat.pow(2).sum() / (x_hat * x).sum()),
-        "inverted": float((hc * xc).sum() / hc.pow(2).sum()),
-        "norms": float(hc.norm(dim=-1).mean() / xc.norm(dim=-1).mean()),
-        "x squared": float(xc.pow(2).sum() / (hc * xc).sum()),
-    }
+    uniform = (center + signal, center + 0.7 * signal + 0.05 * torch.randn(256, 16, generator=gen),
+               center)
+    # rows of very different lengths, the longest shrunk most (as an L1 penalty does to the
+    # large activations it taxes most), and data whose own mean is not `center`: a mean of
+    # per-row ratios, or centring on x's mean, now gives another number
+    length = torch.linspace(0.1, 4.0, 256).unsqueeze(-1)
+    signal = length * torch.randn(256, 16, generator=gen) + torch.randn(16, generator=gen)
+    shrink = 1.0 - 0.15 * length
+    varying = (center + signal, center + shrink * signal + 0.05 * torch.randn(256, 16, generator=gen),
+               center)
+    return [("a reconstruction shrunk to 0.7x around a large offset", *uniform),
+            ("rows shrunk from 0.99x (short) to 0.4x (long), data mean off `center`", *varying)]
+
+
+def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None:
+    """fn(x [N, d], x_hat [N, d], center [d]) -> γ = E||x̂ - c||² / E[(x̂ - c)·(x - c)]
+    (Rajamanoharan et al. 2024a, sec. 5.1), measured around ``center``. Two cases: one uniform
+    shrinkage, and one that varies with the row's length around an offset the data's mean misses."""
+    name = "check_reconstruction_bias"
     hints = {
         "uncentred": "you measured around 0, not around `center`: subtract center from x and "
                      "x_hat first. With a residual stream's large shared offset both vectors are "
@@ -965,15 +967,44 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
         "norms": "you compared average lengths: γ is the least-squares scale, "
                  "E||x̂||² / E[x̂·x], which also counts how well x̂ points along x.",
         "x squared": "the numerator is E||x̂||² (the reconstruction), not E||x||².",
+        "per row": "you averaged one ratio per row: γ is a ratio of sums over the batch, "
+                   "Σ||x̂-c||² / Σ(x̂-c)·(x-c), so long rows weigh more, as they do in the loss. "
+                   "A mean of per-row ratios weighs a short row as much as a long one.",
+        "data mean": "you centred on the data's own mean (x.mean(0)), not on the `center` "
+                     "argument: use the center you are given (the notebook passes the mean of the "
+                     "held-out activations, so every SAE is measured around the same point).",
     }
-    if not math.isclose(got, want, rel_tol=1e-3):
-        _name_the_mistake(name, got, wrong, hints, rel_tol=1e-3)
-        _fail(name, f"expected γ = {want:.4f} on a reconstruction shrunk to 0.7 of the signal, "
-                    f"got {got:.4f}. Sum (or average) over both the batch and d_in: "
-                    "(x̂-c)² over (x̂-c)·(x-c).")
-    _passed(name, f"γ = {want:.3f} for a reconstruction shrunk to 0.7x around a large offset "
-                  "(uncentred it would read "
-                  f"{wrong['uncentred']:.3f})")
+    for what, x, x_hat, center in _bias_cases():
+        xc, hc = x - center, x_hat - center
+        want = float(hc.pow(2).sum() / (hc * xc).sum())
+        got = _call(name, fn, x, x_hat, center)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            _fail(name, f"return γ as a float (e.g. `float(...)` of a 0-d tensor), got {got!r}.")
+        mx, mh = x - x.mean(0), x_hat - x.mean(0)
+        wrong = {
+            "uncentred": float(x_hat.pow(2).sum() / (x_hat * x).sum()),
+            "inverted": float((hc * xc).sum() / hc.pow(2).sum()),
+            "norms": float(hc.norm(dim=-1).mean() / xc.norm(dim=-1).mean()),
+            "x squared": float(xc.pow(2).sum() / (hc * xc).sum()),
+            "per row": float((hc.pow(2).sum(-1) / (hc * xc).sum(-1)).mean()),
+            "data mean": float(mh.pow(2).sum() / (mh * mx).sum()),
+        }
+        if not math.isclose(got, want, rel_tol=1e-3):
+            _name_the_mistake(name, got, wrong, hints, rel_tol=1e-3)
+            _fail(name, f"on {what}: expected γ = {want:.4f}, got {got:.4f}. Sum (or average) "
+                        "over both the batch and d_in: (x̂-c)² over (x̂-c)·(x-c).")
+    _passed(name, "γ = {:.3f} for a reconstruction shrunk to 0.7x around a large offset (uncentred "
+                  "it would read {:.3f}), and right where the shrinkage varies row by row".format(
+                      *_uniform_gammas()))
+
+
+def _uniform_gammas() -> tuple[float, float]:
+    """The first case's γ, centred and uncentred (for the PASSED line)."""
+    _, x, x_hat, center = _bias_cases()[0]
+    xc, hc = x - center, x_hat - center
+    return float(hc.pow(2).sum() / (hc * xc).sum()), float(x_hat.pow(2).sum() / (x_hat * x).sum())
 
 
 # --- Notebook 04 part 2: CE loss recovered, by splicing -------------------------------------------
