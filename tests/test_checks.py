@@ -206,6 +206,18 @@ def test_ablate_latent():
     fails_with(checks.check_ablate_latent, in_place, "in place")
 
 
+def test_ablate_latent_keeps_the_decoder_row_norm():
+    """The checker's decoder rows are not unit norm (as in SAEs loaded from SAELens), so
+    normalising d_i changes the answer and is named."""
+    from sae_minimal.lm.steering import ablate_latent
+    checks.check_ablate_latent(ablate_latent)   # the package's own
+
+    def normalised(x, sae, i):
+        d = sae.W_dec[i]
+        return x - sae.encode(x)[:, i, None] * d / d.norm()
+    fails_with(checks.check_ablate_latent, normalised, "divided by the decoder row's norm")
+
+
 # --- Notebook 06: Matryoshka loss ---
 def _prefix_mse(x, z, W, b, m, *, start=0):
     """Written out here, independently of the checker: ||x - (z[:, start:m] @ W[start:m] + b)||², batch mean."""
@@ -225,6 +237,28 @@ def test_matryoshka_loss():
                lambda x, z, W, b, s: sum(_prefix_mse(x, z, W, b * 0, m) for m in s), "decoder bias")
     fails_with(checks.check_matryoshka_loss,   # mean over d_in as well as over the batch
                lambda x, z, W, b, s: sum((z[:, :m] @ W[:m] + b - x).pow(2).mean() for m in s), "d_in")
+
+
+def test_matryoshka_loss_must_backpropagate():
+    """The right number computed without a graph (or with part of it cut) trains nothing."""
+    right = lambda x, z, W, b, s: sum(_prefix_mse(x, z, W, b, m) for m in s)  # noqa: E731
+
+    def no_grad(x, z, W, b, s):
+        with torch.no_grad():
+            return right(x, z, W, b, s)
+    fails_with(checks.check_matryoshka_loss, no_grad, "carries no gradient.*torch.no_grad")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: right(x, z, W, b, s).detach(),
+               "carries no gradient")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: right(x, z, W.detach(), b, s),
+               "gradient with respect to W_dec is missing")
+    fails_with(checks.check_matryoshka_loss, lambda x, z, W, b, s: right(x, z.detach(), W, b, s),
+               "gradient with respect to latents is missing")
+    fails_with(checks.check_matryoshka_loss,   # only the first prefix term is cut off
+               lambda x, z, W, b, s: (_prefix_mse(x, z, W.detach(), b, s[0])
+                                      + sum(_prefix_mse(x, z, W, b, m) for m in s[1:])),
+               "gradient with respect to W_dec is wrong")
+    fails_with(checks.check_matryoshka_loss,   # rebuilt from the number: no graph either
+               lambda x, z, W, b, s: torch.tensor(right(x, z, W, b, s).item()), "carries no gradient")
 
 
 def test_matryoshka_reference_matches_the_library():

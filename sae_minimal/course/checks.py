@@ -588,7 +588,10 @@ def check_recovery_score(fn: Callable[[Tensor, Tensor, float], tuple[float, floa
 
 
 # --- Notebook 05: ablation through the SAE --------------------------------------------------------
-def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
+def _random_sae(d_in: int, d_sae: int, k: int, seed: int, *, unit_rows: bool = True):
+    """A TopKSAE with untied encoder and decoder; ``unit_rows=False`` rescales W_dec's rows
+    (``_off_unit_norms``), as in SAEs trained or loaded elsewhere (SAELens need not keep them
+    at 1)."""
     from ..topk import TopKSAE
 
     sae = TopKSAE(d_in, d_sae, k=k, seed=seed)
@@ -596,7 +599,18 @@ def _random_sae(d_in: int, d_sae: int, k: int, seed: int):
     with torch.no_grad():   # untie encoder and decoder, so W_enc[:, i] and W_dec[i] differ
         sae.W_enc.add_(0.5 * torch.randn(sae.W_enc.shape, generator=gen))
         sae.b_dec.copy_(torch.randn(d_in, generator=gen))
+        if not unit_rows:   # encode does not read W_dec: the latents stay the same
+            sae.W_dec.mul_(_off_unit_norms(d_sae, seed)[:, None])
     return sae.eval()
+
+
+def _off_unit_norms(n: int, seed: int) -> Tensor:
+    """[n] row norms in [1/3, 2/3] or [3/2, 3] (log-spaced, half each, shuffled): none near 1, so
+    an answer that uses d_i / ||d_i|| instead of d_i fails on every row it is tried on."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    size = torch.linspace(math.log(1.5), math.log(3.0), n)   # |ln ||d_i|||, at least ln 1.5
+    sign = torch.arange(n).remainder(2) * 2 - 1               # half shrunk, half grown
+    return (sign * size)[torch.randperm(n, generator=gen)].exp()
 
 
 def check_ablate_latent(fn: Callable) -> None:
@@ -604,7 +618,7 @@ def check_ablate_latent(fn: Callable) -> None:
     f_i(x)·d_i removed, the SAE's error term kept."""
     name = "check_ablate_latent"
     gen = torch.Generator().manual_seed(0)
-    sae = _random_sae(8, 32, 4, seed=0)
+    sae = _random_sae(8, 32, 4, seed=0, unit_rows=False)   # unit rows hide d_i / ||d_i||
     x = torch.randn(64, 8, generator=gen) * 3
     with torch.no_grad():
         f = sae.encode(x)
@@ -629,6 +643,13 @@ def check_ablate_latent(fn: Callable) -> None:
             _fail(name, "you subtracted the decoder direction d_i itself: scale it by the latent's "
                         "activation f_i(x) (per row; rows where the latent does not fire must stay "
                         "unchanged).")
+        d = sae.W_dec[latent].detach()
+        if torch.allclose(out, x - f[:, latent, None] * d / d.norm(), atol=1e-4):
+            _fail(name, f"you divided by the decoder row's norm (d_i / ||d_i||; here ||d_i|| = "
+                        f"{float(d.norm()):.2f}): use W_dec[i] as it is. The SAE reconstructs "
+                        "x̂ = f @ W_dec + b_dec with the rows unnormalised, and SAEs from elsewhere "
+                        "(e.g. SAELens) need not have unit-norm rows, so x - f_i(x)·d_i is what "
+                        "the latent contributes.")
         if torch.allclose(out, x - f[:, latent, None] * sae.W_enc[:, latent].detach(), atol=1e-4):
             _fail(name, "you used the encoder column W_enc[:, i]: the latent writes into the "
                         "activation along its *decoder* direction W_dec[i].")
@@ -653,10 +674,35 @@ def _matryoshka_reference(x, latents, W_dec, b_dec, prefix_sizes, *, from_end=Fa
     return terms.sum() if reduce == "sum" else terms.mean()
 
 
+def _check_loss_gradients(name: str, loss: Tensor, x: Tensor, trained: dict[str, Tensor],
+                          sizes: list[int]) -> None:
+    """Fail unless ``loss`` (scalar, of the right value) backpropagates to each of ``trained``
+    (name -> leaf tensor with requires_grad) as the reference loss does: a value computed under
+    torch.no_grad() or from .detach()-ed tensors is right and trains nothing."""
+    advice = ("do not wrap the computation in torch.no_grad() or call .detach() / .item() / "
+              ".numpy() on the way: the loss must backpropagate to W_dec, b_dec and the latents "
+              "(and through them to the encoder), or training with it changes nothing.")
+    if not loss.requires_grad:
+        _fail(name, f"your loss has the right value but carries no gradient: {advice}")
+    inputs = list(trained.values())
+    try:
+        grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
+    except RuntimeError as e:   # e.g. a tensor it saved for backward was changed in place later
+        _fail(name, f"your loss has the right value but backpropagating through it fails ({e}). "
+                    "Build new tensors instead of changing ones that are already in use.")
+    want = torch.autograd.grad(_matryoshka_reference(x, trained["latents"], trained["W_dec"],
+                                                     trained["b_dec"], sizes), inputs)
+    for key, g, w in zip(trained, grads, want):
+        if g is None or not torch.allclose(g, w, rtol=1e-4, atol=1e-5):
+            how = "missing" if g is None else "wrong (the graph was cut on some path)"
+            _fail(name, f"your loss has the right value but its gradient with respect to {key} is "
+                        f"{how}: {advice}")
+
+
 def check_matryoshka_loss(fn: Callable) -> None:
     """fn(x [B, d_in], latents [B, d_sae], W_dec [d_sae, d_in], b_dec [d_in], prefix_sizes) ->
     scalar: Σ_m  mean_b ||x_b - (latents[b, :m] @ W_dec[:m] + b_dec)||²  over the prefix sizes m
-    (the last is d_sae)."""
+    (the last is d_sae), backpropagating to latents, W_dec and b_dec as that formula does."""
     name = "check_matryoshka_loss"
     gen = torch.Generator().manual_seed(0)
     B, d_in, d_sae = 16, 6, 24
@@ -665,12 +711,17 @@ def check_matryoshka_loss(fn: Callable) -> None:
     W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=gen), dim=-1)
     b_dec = torch.randn(d_in, generator=gen)
     sizes = [3, 8, 24]
-    got = _call(name, fn, x, latents, W_dec, b_dec, sizes)
-    if not isinstance(got, Tensor) or got.numel() != 1:
-        _fail(name, f"return a scalar tensor (one loss for the batch), got {got!r}.")
-    got = float(got)
+    # what training differentiates: the decoder, and the latents (through them, the encoder)
+    # (leaf copies; the references below use the originals, which need no graph)
+    trained = {key: t.clone().requires_grad_() for key, t in
+               {"latents": latents, "W_dec": W_dec, "b_dec": b_dec}.items()}
+    loss = _call(name, fn, x, *trained.values(), sizes)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        _fail(name, f"return a scalar tensor (one loss for the batch), got {loss!r}.")
+    got = float(loss.detach())
     want = float(_matryoshka_reference(x, latents, W_dec, b_dec, sizes))
     if math.isclose(got, want, rel_tol=1e-4):
+        _check_loss_gradients(name, loss, x, trained, sizes)
         _passed(name, f"{len(sizes)} nested prefixes {sizes}: loss {want:.4f}")
         return
     wrong = {
