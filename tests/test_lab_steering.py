@@ -169,6 +169,14 @@ def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
     torch.testing.assert_close(effect["ablation"], by_hand(d), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(effect["control"], by_hand(r), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(effect["activation"], f[:, :-1][fires])
+    # an extra control along another latent's row, given at twice its length: rescaled to ||d_i||
+    other = sae.W_dec[(latent + 1) % 512].detach()
+    with torch.no_grad():
+        more = ablation_effect(model, sae, HOOK, tokens, latent, controls={"other latent": 2 * other})
+    torch.testing.assert_close(more["other latent"], by_hand(other * (d.norm() / other.norm())), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(more["ablation"], effect["ablation"])
+    with pytest.raises(ValueError, match="nonzero"):
+        ablation_effect(model, sae, HOOK, tokens, latent, controls={"bad": torch.zeros(256)})
 
 
 # --- the lab -----------------------------------------------------------------------------------------------------

@@ -292,7 +292,8 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 @torch.no_grad()
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
-                    clean_ce: Tensor | None = None, batch_size: int = 32) -> dict[str, Tensor]:
+                    clean_ce: Tensor | None = None, batch_size: int = 32,
+                    controls: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
 
@@ -300,21 +301,33 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     or by -f_i·||d_i||·r (control; one random unit r per latent, from ``seed``); nothing else
     changes. Returns per firing position: "ablation" and "control" [m] =
     CE(predicting token t+1) - clean CE, and "activation" [m] = f_i. ``clean_ce`` [n, pos-1] can be
-    passed in to reuse the clean pass across latents.
+    passed in to reuse the clean pass across latents. ``controls``: more control directions
+    {name: [d_in]}, each rescaled to ||d_i|| and moved along like the random one, returned under
+    its name: a random direction mostly points where the data has little variance, so another
+    latent's decoder row (a direction the model does use) is the harder control.
     """
     sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
-    r = random_direction(sae.d_in, seed=seed + latent,
-                         norm=float(sae.W_dec[latent].norm())).to(sae.W_dec.device)
+    norm = float(sae.W_dec[latent].norm())
+    moves = {"ablation": sae.W_dec[latent],
+             "control": random_direction(sae.d_in, seed=seed + latent, norm=norm).to(sae.W_dec.device)}
+    for name, v in (controls or {}).items():
+        if name in moves:
+            raise ValueError(f"controls: {name!r} is taken by the built-in outputs; name it otherwise.")
+        v = torch.as_tensor(v, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+        if v.shape != (sae.d_in,) or not bool(v.norm() > 0):
+            raise ValueError(f"controls[{name!r}] must be a nonzero [d_in] = [{sae.d_in}] direction, "
+                             f"got shape {tuple(v.shape)}.")
+        moves[name] = v * (norm / v.norm())
     if clean_ce is not None:
         clean_ce = clean_ce.to(tokens.device)
         if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
             raise ValueError(f"clean_ce has shape {tuple(clean_ce.shape)}, but these tokens need "
                              f"[{tokens.shape[0]}, {tokens.shape[1] - 1}]: pass "
                              "clean_token_ce(model, tokens) of the same tokens.")
-    out = {"ablation": [], "control": [], "activation": []}
+    out = {**{key: [] for key in moves}, "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
         x = run_to_hook(model, batch, hook_name)                              # [b, pos, d_in]
@@ -332,7 +345,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         clean = (clean_ce[i:i + batch_size][rows] if clean_ce is not None
                  else per_token_ce(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
-        for key, vec in (("ablation", sae.W_dec[latent]), ("control", r)):
+        for key, vec in moves.items():
             edited = _shift(x, delta=-f[..., None] * vec.to(f.device, f.dtype))
             ce = per_token_ce(run_from_hook(model, edited, hook_name, batch), batch)
             out[key].append((ce - clean)[fires])
