@@ -93,7 +93,28 @@ def test_the_chance_level_is_not_a_seed0_saes_first_decoder_row(monkeypatch):
                                           torch.tensor([7]), probe)
     assert report["absorption_random_direction"] == 0.0
     monkeypatch.setattr(absorption, "random_direction",
-                        lambda d: torch.randn(d, generator=torch.Generator().manual_seed(0)))
+                        lambda d, seed=0: torch.randn(d, generator=torch.Generator().manual_seed(0)))
     biased = absorption.absorption_report(sae, x, torch.ones(8, dtype=torch.bool),
                                           torch.tensor([7]), probe)
     assert biased["absorption_random_direction"] == 1.0      # what the old chance level did
+    assert biased["absorption_random_max"] == 1.0
+
+
+def test_the_chance_level_averages_several_random_directions():
+    """One random direction per report made the chance level a single draw: 16 by default, their
+    mean and their largest, each direction from its own seed."""
+    import sae_minimal as sm
+    from sae_minimal.lm import absorption
+    from sae_minimal.lm.steering import random_direction
+    sae = sm.TopKSAE(256, 512, k=4, seed=0)
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)) * 10
+    everyone, main = torch.ones(64, dtype=torch.bool), torch.tensor([7])
+    probe = torch.randn(256, generator=torch.Generator().manual_seed(2))
+    report = absorption.absorption_report(sae, x, everyone, main, probe, tau=0.1)
+    fires = sae.encode(x) > 0
+    by_hand = torch.tensor([float(absorption._absorbing(
+        fires, main, absorption.decoder_cosines(sae, random_direction(256, seed=s)), 0.1).any(1).float().mean())
+        for s in range(16)])
+    assert report["absorption_random_max"] > report["absorption_random_direction"]   # the draws differ
+    assert report["absorption_random_direction"] == pytest.approx(float(by_hand.mean()))
+    assert report["absorption_random_max"] == pytest.approx(float(by_hand.max()))

@@ -100,22 +100,25 @@ def absorption_rate(codes: Tensor, positive: Tensor, main: Tensor, cos_to_probe:
 
 @torch.no_grad()
 def absorption_report(sae, x: Tensor, positive: Tensor, main: Tensor, direction: Tensor,
-                      tau: float = 0.2, chunk: int = 8192) -> dict:
+                      tau: float = 0.2, chunk: int = 8192, n_random: int = 16) -> dict:
     """On held-out x [N, d_in] with property ``positive`` [N]: the miss rate (main latents silent
     on the property), the absorption rate against the probe ``direction``, the same rate against
-    a random direction (chance), and the absorbing latents with how often each absorbs."""
+    ``n_random`` random directions (chance: their mean, and the largest, since one direction
+    can happen to lie near a busy latent), and the absorbing latents with how often each absorbs."""
     sae = as_sae(sae)
     codes = torch.cat([sae.encode(c) for c in x[positive.bool()].split(chunk)])
     fires = codes > 0
     absorbing = _absorbing(fires, main, decoder_cosines(sae, direction), tau)   # [n, d_sae]
-    # the chance level: a random direction from a stream of its own (torch.randn with seed 0 is a
-    # seed-0 SAE's initial decoder row 0, which training may not have moved far)
-    rand = random_direction(direction.shape[-1])
-    chance = _absorbing(fires, main, decoder_cosines(sae, rand), tau)
+    # the chance level: random directions from a stream of their own (torch.randn with seed 0 is
+    # a seed-0 SAE's initial decoder row 0, which training may not have moved far)
+    chance = torch.tensor([
+        float(_absorbing(fires, main, decoder_cosines(sae, random_direction(direction.shape[-1], seed=s)),
+                         tau).any(1).float().mean()) for s in range(n_random)])
     who = absorbing.sum(0)
     return {"n": int(len(codes)), "miss_rate": float((~fires[:, main].any(1)).float().mean()),
             "absorption": float(absorbing.any(1).float().mean()),
-            "absorption_random_direction": float(chance.any(1).float().mean()),
+            "absorption_random_direction": float(chance.mean()),
+            "absorption_random_max": float(chance.max()),
             "absorbers": {int(j): int(who[j]) for j in who.argsort(descending=True)[:5]
                           if who[j] > 0}}
 
