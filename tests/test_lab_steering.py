@@ -116,6 +116,31 @@ def test_concept_logprob_rises_when_steering_towards_the_unembedding(standin):
     assert (steered > base + 5).all()
 
 
+def test_next_token_entropy_by_hand_and_under_a_push(standin):
+    """The entropy of the next-token distributions, averaged per window (position 0's prediction,
+    made at BOS, left out as concept_logprob does), unsteered and with a push added by hand at
+    every position but BOS; a large random push flattens the prediction (05's reading of why a
+    rare concept's log-probability rises under any push)."""
+    from sae_minimal.lm.steering import next_token_entropy, random_direction
+
+    model, tokens = standin
+    direction = random_direction(256, seed=3)
+
+    def by_hand(alpha):
+        def push(act, hook):
+            act = act.clone()
+            act[:, 1:] += alpha * direction
+            return act
+        with torch.no_grad():
+            p = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, push)])[:, 1:].float().softmax(-1)
+        return -(p * p.clamp_min(1e-30).log()).sum(-1).mean(-1)
+
+    torch.testing.assert_close(next_token_entropy(model, tokens), by_hand(0.0), atol=1e-4, rtol=1e-4)
+    pushed = next_token_entropy(model, tokens, hook_name=HOOK, direction=direction, alpha=40.0)
+    torch.testing.assert_close(pushed, by_hand(40.0), atol=1e-4, rtol=1e-4)
+    assert (pushed > by_hand(0.0) + 0.5).all()
+
+
 def test_ablation_effect_known_answers(standin):
     from sae_minimal.lm.steering import ablate_latent, ablation_effect, clean_token_ce
 

@@ -164,6 +164,19 @@ def concept_logprob(model, tokens: Tensor, concept_ids: Tensor, *, hook_name: st
     return logp[..., concept_ids.to(logp.device)].logsumexp(-1).mean(-1)
 
 
+@torch.no_grad()
+def next_token_entropy(model, tokens: Tensor, *, hook_name: str | None = None,
+                       direction: Tensor | None = None, alpha: float = 0.0) -> Tensor:
+    """[n] per sequence, the mean over positions of the entropy (nats) of the next-token
+    distribution while steering: how flat a push leaves the prediction. A flatter distribution
+    gives every rare token more probability, so a rare concept's log-probability can rise under
+    any large push; this says whether it did."""
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    hooks = _hooks(model, hook_name, direction, alpha)
+    logp = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, 1:].float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1).mean(-1)
+
+
 def contains_any(tokens: Tensor, ids: Tensor) -> Tensor:
     """[n] bool: does each row of tokens [n, L] contain any of ``ids``?"""
     return torch.isin(tokens, ids).any(-1)
@@ -370,4 +383,4 @@ __all__ = ["word_tokens", "logit_effect_z", "random_direction", "add_direction",
            "concept_logprob", "contains_any", "continuation_loss", "concept_tokens",
            "concept_context", "firing_f1", "mean_difference", "unembedding_direction",
            "direct_logit_effect",
-           "ablate_latent", "ablation_effect", "clean_token_ce"]
+           "ablate_latent", "ablation_effect", "clean_token_ce", "next_token_entropy"]
