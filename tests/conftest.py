@@ -19,6 +19,24 @@ if "SAE_MINIMAL_CACHE" not in os.environ:
     os.environ["SAE_MINIMAL_CACHE"] = _SESSION_CACHE
 
 
+# nbval waits only 5 s for a cell's outputs once the cell has finished. On a loaded 2-core machine (a training run
+# beside the tests, two torch threads per kernel) the outputs can lag longer, and a cell that ran fine fails with
+# "Timeout of 5 seconds exceeded waiting for output". A minute is patient enough and still catches a hung kernel
+# (the cell's own limit, --nbval-cell-timeout, is separate).
+try:
+    from nbval.plugin import IPyNbCell as _NbCell
+except ImportError:      # the unit tests alone do not need nbval
+    _NbCell = None
+if _NbCell is not None and not getattr(_NbCell, "_patient", False):
+    _nbval_init = _NbCell.__init__
+
+    def _patient_init(self, *args, **kwargs):
+        _nbval_init(self, *args, **kwargs)
+        self.output_timeout = 60
+
+    _NbCell.__init__, _NbCell._patient = _patient_init, True
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _SESSION_CACHE is not None:
         shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
