@@ -1025,6 +1025,7 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
                      "argument: use the center you are given (the notebook passes the mean of the "
                      "held-out activations, so every SAE is measured around the same point).",
     }
+    shown = None       # the first case's γ, centred and uncentred, for the PASSED line
     for what, x, x_hat, center in _bias_cases():
         xc, hc = x - center, x_hat - center
         want = float(hc.pow(2).sum() / (hc * xc).sum())
@@ -1046,16 +1047,9 @@ def check_reconstruction_bias(fn: Callable[[Tensor, Tensor, Tensor], float]) -> 
             _name_the_mistake(name, got, wrong, hints, rel_tol=1e-3)
             _fail(name, f"on {what}: expected γ = {want:.4f}, got {got:.4f}. Sum (or average) "
                         "over both the batch and d_in: (x̂-c)² over (x̂-c)·(x-c).")
+        shown = shown or (want, wrong["uncentred"])
     _passed(name, "γ = {:.3f} for a reconstruction shrunk to 0.7x around a large offset (uncentred "
-                  "it would read {:.3f}), and right where the shrinkage varies row by row".format(
-                      *_uniform_gammas()))
-
-
-def _uniform_gammas() -> tuple[float, float]:
-    """The first case's γ, centred and uncentred (for the PASSED line)."""
-    _, x, x_hat, center = _bias_cases()[0]
-    xc, hc = x - center, x_hat - center
-    return float(hc.pow(2).sum() / (hc * xc).sum()), float(x_hat.pow(2).sum() / (x_hat * x).sum())
+                  "it would read {:.3f}), and right where the shrinkage varies row by row".format(*shown))
 
 
 # --- Notebook 04 part 2: CE loss recovered, by splicing -------------------------------------------

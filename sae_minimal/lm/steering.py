@@ -156,12 +156,18 @@ def concept_logprob(model, tokens: Tensor, concept_ids: Tensor, *, hook_name: st
                     direction: Tensor | None = None, alpha: float = 0.0) -> Tensor:
     """[n] per sequence, the mean over positions of log P(next token ∈ concept_ids) while
     steering."""
-    tokens = to_model_device(model, check_tokens(model, tokens))
     concept_ids = torch.as_tensor(concept_ids)
     check_token_ids(concept_ids.reshape(1, -1), model.cfg.d_vocab_out, name="concept_ids")
-    hooks = _hooks(model, hook_name, direction, alpha)
-    logp = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, 1:].float().log_softmax(-1)
+    logp = _next_token_logp(model, tokens, hook_name, direction, alpha)
     return logp[..., concept_ids.to(logp.device)].logsumexp(-1).mean(-1)
+
+
+def _next_token_logp(model, tokens: Tensor, hook_name, direction, alpha) -> Tensor:
+    """[n, L-1, vocab] next-token log-probabilities while steering (the prediction made at BOS
+    left out)."""
+    tokens = to_model_device(model, check_tokens(model, tokens))
+    hooks = _hooks(model, hook_name, direction, alpha)
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)[:, 1:].float().log_softmax(-1)
 
 
 @torch.no_grad()
@@ -171,9 +177,7 @@ def next_token_entropy(model, tokens: Tensor, *, hook_name: str | None = None,
     distribution while steering: how flat a push leaves the prediction. A flatter distribution
     gives every rare token more probability, so a rare concept's log-probability can rise under
     any large push; this says whether it did."""
-    tokens = to_model_device(model, check_tokens(model, tokens))
-    hooks = _hooks(model, hook_name, direction, alpha)
-    logp = model.run_with_hooks(tokens, fwd_hooks=hooks)[:, 1:].float().log_softmax(-1)
+    logp = _next_token_logp(model, tokens, hook_name, direction, alpha)
     return -(logp.exp() * logp).sum(-1).mean(-1)
 
 
