@@ -94,7 +94,10 @@ CHECKPOINT, CHECKPOINT_EVERY = "training_checkpoint.pt", 600   # seconds between
 # TopK's FVU still fell 2.9% from 32M to 64M (H100 ladder), so the 8192-wide ones get 128M too.
 # TopK at 512 latents already met it from 16M to 32M (CPU ladder) but gets 128M as well: notebooks
 # 06 and 07 compare the three widths, and at one budget a difference between widths is not one of
-# training length. JumpReLU did not meet it from 64M (H100) to 128M (CPU): FVU -0.6%, but the dead
+# training length. Its second seed (added 2026-11-29, after its first seed had met the criterion
+# alone at 128M) is 06's same-width baseline for the Matryoshka SAE's 512-prefix; with it the MMCS
+# clause applies to TopK-512 too, so its 64M first seed was trained again (its weights had not
+# been kept) for the MMCS at T/2. JumpReLU did not meet it from 64M (H100) to 128M (CPU): FVU -0.6%, but the dead
 # fraction 0.34% -> 0.10% and MMCS +2.1%, each just past its limit, so it gets one more doubling.
 # So does the 2048-wide Matryoshka (CPU, 64M -> 128M): FVU -0.4% and MMCS -0.5%, but its first
 # seed's dead fraction fell 0.83% -> 0.59%, 0.24 points (its second seed's stayed at 0.59%).

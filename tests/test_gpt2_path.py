@@ -209,8 +209,8 @@ def test_references_on_gpt2_are_their_recipes_trained_by_the_lab(lab, capsys):
     assert lab.reference("topk-k16-512") is not ref and lab.run(lab.reference("topk-k16-512")).history is None
     twin = lab.reference("topk-k16-2048-seed1")
     assert lab.reference_seed("topk-k16-2048-seed1") == 1011 and twin.d_sae == 2048
-    with pytest.raises(KeyError, match="No reference SAE named 'topk-k16-512-seed1'.*topk-k16-2048-seed1"):
-        lab.reference("topk-k16-512-seed1")
+    with pytest.raises(KeyError, match="No reference SAE named 'topk-k16-8192-seed1'.*topk-k16-512-seed1"):
+        lab.reference("topk-k16-8192-seed1")
 
 
 def test_reference_runs_on_gpt2_measure_both_budgets_and_the_twin(lab):
@@ -219,7 +219,7 @@ def test_reference_runs_on_gpt2_measure_both_budgets_and_the_twin(lab):
     for run in runs.values():
         assert {"fvu", "l0", "dead", "ce_recovered", "kl", "lr", "seconds", "curve", "mmcs"} <= set(run)
         assert 0 < run["mmcs"] <= 1 and run["curve"]["tokens"][-1] <= 4096
-    assert "mmcs" not in lab.reference_runs("topk-k16-512")[4096]   # no twin, no MMCS
+    assert "mmcs" not in lab.reference_runs("topk-k16-8192")[4096]  # no twin, no MMCS
     assert lab.reference_runs("topk-k16-2048") is runs              # measured once per lab
     with pytest.raises(KeyError, match="No reference SAE named"):
         lab.reference_runs("topk-k16-4096")

@@ -269,7 +269,7 @@ def test_write_card_drops_ladder_runs_the_table_now_holds_and_stale_notes(tmp_pa
     """A ladder run that becomes a shipped reference's T/2 or T (the same run: same held-out numbers
     and seconds) leaves the ladder, so no budget is counted twice; other ladder runs stay."""
     build = _script("build_reference_saes")
-    name = "topk-k16-512"                                           # one seed
+    name = "topk-k16-8192"                                          # one seed
     run = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
            "seconds": 5.0}
     for n in (1000, 2000):
@@ -297,7 +297,7 @@ def test_write_card_moves_the_table_runs_it_replaces_into_a_ladder_with_their_cu
     curves go to the ladder "CPU, 2M-4M" (07 reads their dense curves), once, and a rerun that
     changes nothing moves nothing."""
     build = _script("build_reference_saes")
-    name, work, out = "topk-k16-512", tmp_path / "work", tmp_path / "out"
+    name, work, out = "topk-k16-8192", tmp_path / "work", tmp_path / "out"
     run = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
            "seconds": 5.0}
     for n in (8_000_000, 16_000_000):

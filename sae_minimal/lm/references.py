@@ -37,7 +37,8 @@ HOOK = "blocks.2.hook_resid_post"
 _REBUILD = "python scripts/build_reference_saes.py (from a clone of the repository)"
 
 # name -> (constructor, keyword arguments, seeds): notebook 04's middle setting of each variant at
-# 2048 latents with a twin for MMCS, and the widths 06 and 07 compare. Seeds differ between
+# 2048 latents with a twin for MMCS, and the widths 06 and 07 compare (the 512-wide one with a twin
+# too: 06 compares the Matryoshka SAE's 512-prefix with a same-width second seed). Seeds differ between
 # references: same-seed SAEs of different widths would start with the narrower one's decoder rows.
 # ``scripts/build_reference_saes.py`` trains these on the stand-in; ``Lab.reference`` trains the
 # same recipes on a model that has no shipped references (GPT-2).
@@ -47,7 +48,7 @@ RECIPES = {
     "batchtopk-k16-2048":   (BatchTopKSAE, {"d_sae": 2048, "k": 16}, (1020, 1021)),
     "jumprelu-2048":        (JumpReLUSAE, {"d_sae": 2048, "l0_coeff": 0.3}, (1030, 1031)),
     "matryoshka-k16-2048":  (MatryoshkaSAE, {"d_sae": 2048, "k": 16}, (1040, 1041)),
-    "topk-k16-512":         (TopKSAE, {"d_sae": 512, "k": 16}, (1050,)),
+    "topk-k16-512":         (TopKSAE, {"d_sae": 512, "k": 16}, (1050, 1051)),
     "topk-k16-8192":        (TopKSAE, {"d_sae": 8192, "k": 16}, (1060,)),
     "matryoshka-k16-8192":  (MatryoshkaSAE, {"d_sae": 8192, "k": 16}, (1070,)),
 }
