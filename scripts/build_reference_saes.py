@@ -153,6 +153,9 @@ def _init_worker(work: str, device: str, plain: bool, every: float) -> None:
 
 def train_run(name: str, index: int, n_tokens: int) -> dict:
     """Train, evaluate (as float16) and save one run; its metrics."""
+    done = finished(_DATA["work"], name, n_tokens, index)
+    if done is not None:      # finished meanwhile by another build on the same --work folder
+        return done
     cls, kw, seeds = RECIPES[name]
     seed, device = seeds[index], _DATA["device"]
     sae = cls(D_IN, seed=seed, **kw)

@@ -354,3 +354,14 @@ def test_take_from_ladders_fills_budgets_below_t_from_the_later_ladder_and_never
     assert build.finished(work, name, 500, 1)["fvu"] == 0.5           # not replaced
     assert build.finished(work, name, 500, 0) is None                 # no ladder holds it
     assert build.take_from_ladders(work, tmp_path / "none.json", {name: [1000, 2000]}) == []
+
+
+def test_train_run_skips_a_run_another_build_finished_meanwhile(tmp_path, monkeypatch):
+    """Two builds on one --work folder (a second process started for one reference): a run the other
+    finished while this one's pool waited is read back, not trained again from scratch."""
+    build = _script("build_reference_saes")
+    folder = build.run_dir(tmp_path, "topk-k16-512", 1000, 1)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"fvu": 0.13, "seconds": 5.0}))
+    monkeypatch.setattr(build, "_DATA", {"work": tmp_path})     # no model, no data: nothing to train with
+    assert build.train_run("topk-k16-512", 1, 1000) == {"fvu": 0.13, "seconds": 5.0}
