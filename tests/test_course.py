@@ -104,6 +104,20 @@ def test_execute_runs_notebooks_offline_unless_asked(tmp_path, monkeypatch):
     assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].strip() == "1"
 
 
+def test_execute_pins_the_kernels_threads_to_one_unless_told(tmp_path, monkeypatch):
+    """The committed copies were executed with one torch thread; another count sums in another order
+    and moves the third decimals the prose quotes, so `course execute` pins it (--threads to change)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")       # a maintainer's shell; restored after the test
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import torch\nprint(torch.get_num_threads())")]
+    path = tmp_path / "threads.ipynb"
+    for argv, expected in (([], "1"), (["--threads", "2"], "2")):
+        nbformat.write(nb, path)
+        assert cli.main(["execute", str(path), *argv]) == 0
+        assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"].strip() == expected
+
+
 def test_execute_saves_figures_even_under_an_agg_backend(tmp_path, monkeypatch):
     """`course execute` writes the reading copies: with MPLBACKEND=Agg inherited from the shell (as the
     tests set it), the kernel would draw nothing and the committed cells would lose their figures."""

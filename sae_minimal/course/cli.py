@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--online", action="store_true",
                    help="let the notebooks download GPT-2 small (default: offline, the stand-in, "
                         "as CI and offline readers run them)")
+    e.add_argument("--threads", type=int, default=1,
+                   help="torch threads in the kernel (default 1, as the committed copies were "
+                        "executed: another count sums in another order and moves third decimals)")
     for parser in (r, c, e):
         parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, metavar="SECONDS",
                             help=f"stop a cell that runs longer (default {CELL_TIMEOUT_S})")
@@ -144,6 +147,11 @@ def _command(args) -> int:
         # and they show their figures: an inherited MPLBACKEND=Agg (the tests' setting) would
         # leave every plotting cell without its image
         os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        # and their numbers are reproducible at one thread count only (the prose quotes them)
+        if args.threads < 1:
+            raise CourseError(f"--threads {args.threads}: give 1 or more.")
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
         for nb_path in map(Path, args.notebooks):
             t0 = time.perf_counter()
             executed = execute(nb_path, fast=args.fast, timeout=args.timeout)
