@@ -202,6 +202,23 @@ def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
     torch.testing.assert_close(more["ablation"], effect["ablation"])
     with pytest.raises(ValueError, match="nonzero"):
         ablation_effect(model, sae, HOOK, tokens, latent, controls={"bad": torch.zeros(256)})
+    # the co-firing control: at each firing position, another latent firing there whose f_j·||d_j|| is closest to
+    # f_i·||d_i||, removed whole; made by hand here from the full encoding
+    with torch.no_grad():
+        codes = sae.encode(acts)
+        norms = sae.W_dec.norm(dim=-1)
+        part = torch.zeros_like(acts)
+        for b, t in (f > 0).nonzero().tolist():
+            others = [j for j in codes[b, t].nonzero().squeeze(1).tolist() if j != latent]
+            if others:
+                j = min(others, key=lambda j: abs(float(codes[b, t, j] * norms[j] - f[b, t] * norms[latent])))
+                part[b, t] = codes[b, t, j] * sae.W_dec[j]
+        hook = (HOOK, lambda act, hook: act - part)
+        want = (per_token_ce(model.run_with_hooks(tokens, fwd_hooks=[hook]), tokens) - clean)[fires]
+        co = ablation_effect(model, sae, HOOK, tokens, latent, cofiring=True)
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(co["co-firing"], want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(co["ablation"], effect["ablation"])
 
 
 # --- the lab -----------------------------------------------------------------------------------------------------

@@ -308,9 +308,27 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
+    """[b, pos, d_in]: at every position where ``f`` (latent's activation, [b, pos]) is > 0, f_j·d_j
+    of the other firing latent j whose contribution's norm f_j·||d_j|| is closest to f_i·||d_i||
+    (zero where latent fires alone or not at all)."""
+    acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
+    norms = sae.W_dec.norm(dim=-1).to(x.device)                          # [d_sae]
+    size = acts * norms                                                   # f_j·||d_j||
+    gap = (size - (f * norms[latent])[..., None]).abs()
+    gap[acts <= 0] = float("inf")                                         # only latents that fire
+    gap[..., latent] = float("inf")                                       # and not the latent itself
+    best, j = gap.min(-1)                                                 # [b, pos]
+    ok = (f > 0) & torch.isfinite(best)
+    coef = acts.gather(-1, j[..., None]).squeeze(-1) * ok                 # [b, pos]
+    return coef[..., None] * sae.W_dec[j].to(x.device, x.dtype)
+
+
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32,
-                    controls: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+                    controls: dict[str, Tensor] | None = None,
+                    cofiring: bool = False) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
 
@@ -321,7 +339,11 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     passed in to reuse the clean pass across latents. ``controls``: more control directions
     {name: [d_in]}, each rescaled to ||d_i|| and moved along like the random one, returned under
     its name: a random direction mostly points where the data has little variance, so another
-    latent's decoder row (a direction the model does use) is the harder control.
+    latent's decoder row (a direction the model does use) is the harder control. But moving along
+    another latent's row where that latent does not fire gives it a negative coefficient, an edit
+    the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
+    each position another latent that fires there, the one whose f_j·||d_j|| is closest to
+    f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the ablation.
     """
     sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
@@ -344,7 +366,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
             raise ValueError(f"clean_ce has shape {tuple(clean_ce.shape)}, but these tokens need "
                              f"[{tokens.shape[0]}, {tokens.shape[1] - 1}]: pass "
                              "clean_token_ce(model, tokens) of the same tokens.")
-    out = {**{key: [] for key in moves}, "activation": []}
+    out = {**{key: [] for key in moves}, **({"co-firing": []} if cofiring else {}), "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
         x = run_to_hook(model, batch, hook_name)                              # [b, pos, d_in]
@@ -362,8 +384,11 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         clean = (clean_ce[i:i + batch_size][rows] if clean_ce is not None
                  else per_token_ce(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
-        for key, vec in moves.items():
-            edited = _shift(x, delta=-f[..., None] * vec.to(f.device, f.dtype))
+        deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
+        if cofiring:
+            deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)
+        for key, delta in deltas.items():
+            edited = _shift(x, delta=delta)
             ce = per_token_ce(run_from_hook(model, edited, hook_name, batch), batch)
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
