@@ -349,7 +349,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     latent = check_latent(latent, sae.d_sae)
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
-    norm = float(sae.W_dec[latent].norm())
+    norm = float(sae.W_dec[latent].detach().norm())
     moves = {"ablation": sae.W_dec[latent],
              "control": random_direction(sae.d_in, seed=seed + latent, norm=norm).to(sae.W_dec.device)}
     for name, v in (controls or {}).items():
