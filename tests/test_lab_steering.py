@@ -165,7 +165,7 @@ def test_ablation_effect_known_answers(standin):
     assert effect["control"].abs().max() < 1e-5
 
 
-def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
+def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin, monkeypatch):
     """With a real direction: the loss change where the latent fires, against the same edit made by hand (a sign
     error, a shifted position or an unmatched control norm would all show here)."""
     from sae_minimal.lm.activations import run_to_hook
@@ -219,6 +219,14 @@ def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin):
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(co["co-firing"], want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(co["ablation"], effect["ablation"])
+    # called outside no_grad, as a notebook calls it, it runs its passes without autograd itself (with autograd,
+    # reading ||d_i|| off a parameter that requires grad warns, and that warning showed in notebook 05's output)
+    import sae_minimal.lm.steering as steering
+    grad_modes = []
+    real = steering.run_from_hook
+    monkeypatch.setattr(steering, "run_from_hook", lambda *a, **k: grad_modes.append(torch.is_grad_enabled()) or real(*a, **k))
+    ablation_effect(model, sae, HOOK, tokens, latent, cofiring=True)
+    assert grad_modes and not any(grad_modes)
 
 
 # --- the lab -----------------------------------------------------------------------------------------------------

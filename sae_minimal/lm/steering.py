@@ -308,7 +308,6 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
     """[b, pos, d_in]: at every position where ``f`` (latent's activation, [b, pos]) is > 0, f_j·d_j
     of the other firing latent j whose contribution's norm f_j·||d_j|| is closest to f_i·||d_i||
@@ -325,6 +324,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
     return coef[..., None] * sae.W_dec[j].to(x.device, x.dtype)
 
 
+@torch.no_grad()
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32,
                     controls: dict[str, Tensor] | None = None,
@@ -349,7 +349,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     latent = check_latent(latent, sae.d_sae)
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
-    norm = float(sae.W_dec[latent].detach().norm())
+    norm = float(sae.W_dec[latent].norm())
     moves = {"ablation": sae.W_dec[latent],
              "control": random_direction(sae.d_in, seed=seed + latent, norm=norm).to(sae.W_dec.device)}
     for name, v in (controls or {}).items():
