@@ -56,8 +56,8 @@ from .evaluation import ablation_ce, evaluate_sae, latent_density
 from ..io import as_sae, load_sae, save_sae
 from ..metrics import mmcs
 from .models import GPT2_SHAPED, fingerprint, lm_name, load_lm
-from .references import (RECIPES, budget_runs, load_reference, reference_card, seed_runs,
-                         training_curve, twin_of)
+from .references import (RECIPES, budget_runs, load_reference, names_with_twins, reference_card,
+                         seed_runs, training_curve, twin_of)
 from .text import load_tokens
 from ..train import History, default_lr, train_concurrently, train_sae
 
@@ -390,8 +390,7 @@ class Lab:
     def _reference_name(self, name: str) -> tuple[str, int]:
         base, index = twin_of(name)
         if base not in RECIPES or index >= len(RECIPES[base][2]):
-            names = [f"{b}-seed{i}" if i else b for b, recipe in RECIPES.items()
-                     for i in range(len(recipe[2]))]
+            names = names_with_twins({b: seeds for b, (_, _, seeds) in RECIPES.items()})
             raise KeyError(f"No reference SAE named {name!r}. The references are: "
                            f"{', '.join(names)}.")
         return base, index

@@ -18,6 +18,7 @@ and T training tokens.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -118,10 +119,13 @@ def reference_card(folder: str | Path = REFERENCE_DIR) -> dict:
 
 def list_references(folder: str | Path = REFERENCE_DIR) -> list[str]:
     """Names ``load_reference`` accepts: each SAE of the card, and "<name>-seed1" for its twin."""
-    names = []
-    for name, entry in reference_card(folder)["saes"].items():
-        names += [name] + [f"{name}-seed{i}" for i in range(1, len(entry["seeds"]))]
-    return names
+    return names_with_twins({name: entry["seeds"] for name, entry in reference_card(folder)["saes"].items()})
+
+
+def names_with_twins(seeds: dict[str, Sequence]) -> list[str]:
+    """["a", "a-seed1", "b", ...] for {"a": (seed, seed), "b": (seed,)}: a reference's name for its first
+    seed, "<name>-seed<i>" for the others (``twin_of`` reads them back)."""
+    return [name if i == 0 else f"{name}-seed{i}" for name, s in seeds.items() for i in range(len(s))]
 
 
 def load_reference(name: str, *, device: str | torch.device = "cpu",
@@ -289,5 +293,5 @@ def _change(run: dict, half: dict | None, key: str) -> str:
 
 
 __all__ = ["load_reference", "list_references", "reference_card", "load_pretrained", "convergence",
-           "seed_runs", "budget_runs", "training_curve", "twin_of", "GPT2_PRETRAINED", "RECIPES", "REFERENCE_DIR",
+           "seed_runs", "budget_runs", "training_curve", "twin_of", "names_with_twins", "GPT2_PRETRAINED", "RECIPES", "REFERENCE_DIR",
            "HOOK"]
