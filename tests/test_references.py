@@ -365,3 +365,20 @@ def test_train_run_skips_a_run_another_build_finished_meanwhile(tmp_path, monkey
     (folder / "metrics.json").write_text(json.dumps({"fvu": 0.13, "seconds": 5.0}))
     monkeypatch.setattr(build, "_DATA", {"work": tmp_path})     # no model, no data: nothing to train with
     assert build.train_run("topk-k16-512", 1, 1000) == {"fvu": 0.13, "seconds": 5.0}
+
+
+def test_training_curve_keeps_the_end_and_the_early_batches():
+    """A 128M-token run's history: powers of two up to 512 steps, then every 625 steps. The thinned
+    curve must end where training ended and keep the early, log-spaced points a log axis shows."""
+    steps = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(625, 125_001, 625))
+    steps[-1] = 124_999                                   # the last step is not on the grid
+    history = {"tokens": [s * 1024 for s in steps], "fvu": [1 / s for s in steps],
+               "l0": [16.0] * len(steps), "dead_frac": [0.0] * len(steps), "loss": [0.0] * len(steps)}
+    curve = refs.training_curve(history, points=60)
+    assert set(curve) == {"tokens", "fvu", "l0", "dead_frac"}
+    assert len(curve["tokens"]) <= 62 and curve["tokens"] == sorted(set(curve["tokens"]))
+    assert curve["tokens"][-1] == 124_999 * 1024 and curve["tokens"][0] == 1024
+    assert {s * 1024 for s in (1, 4, 16, 64, 256)} <= set(curve["tokens"])
+    assert all(f == round(1024 / t, 5) for t, f in zip(curve["tokens"], curve["fvu"]))
+    short = {k: v[:5] for k, v in history.items()}
+    assert refs.training_curve(short)["tokens"] == short["tokens"]

@@ -412,7 +412,9 @@ class Lab:
     def evaluate(self, sae: BaseSAE, *, splice: bool = True) -> dict[str, float]:
         """Metrics on held-out text: FVU, L0, shrinkage γ around the mean
         (``metrics.relative_reconstruction_bias``), dead and dense fractions (firing on no / more
-        than 10% of 100k cached tokens), and with ``splice`` the model-in-the-loop CE loss
+        than 10% of 100k cached *training* tokens: the lab's held-out windows are too few to call
+        a latent dead; the reference card counts on its 135k held-out tokens, so the two can differ
+        by a few latents), and with ``splice`` the model-in-the-loop CE loss
         recovered and KL (``evaluation.splice_eval``). ``sae``: ours, or a SAELens SAE object."""
         sae = as_sae(sae)
         x = self.eval_activations()

@@ -62,11 +62,26 @@ def twin_of(name: str) -> tuple[str, int]:
 
 
 def training_curve(history: dict, points: int = 60) -> dict:
-    """A training History thinned to about ``points`` entries: "tokens", "fvu", "l0",
-    "dead_frac" (training-batch values), as the card keeps them."""
-    step = max(1, len(history["tokens"]) // points)
-    return {k: [round(float(v), 5) for v in history[k][::step]]
+    """A training History thinned to at most about ``points`` entries: "tokens", "fvu", "l0",
+    "dead_frac" (training-batch values), as the card keeps them. Half the kept entries are evenly
+    spaced in index (the late, flat part a linear axis shows) and half evenly spaced in log tokens
+    (the early batches a log axis shows); the first and the last entry are always kept, so the
+    curve ends where training ended."""
+    n = len(history["tokens"])
+    keep = set(range(n)) if n <= points else _thin(history["tokens"], points // 2)
+    return {k: [round(float(history[k][i]), 5) for i in sorted(keep)]
             for k in ("tokens", "fvu", "l0", "dead_frac") if k in history}
+
+
+def _thin(tokens: Sequence[float], half: int) -> set[int]:
+    """Indices into the ascending ``tokens``: ``half`` evenly spaced in index, ``half`` nearest to
+    evenly spaced log-token targets, and the first and last."""
+    n = len(tokens)
+    by_index = torch.linspace(0, n - 1, half).round().long().tolist()
+    logs = torch.tensor([float(t) for t in tokens], dtype=torch.float64).clamp_min(1).log()
+    targets = torch.linspace(float(logs[0]), float(logs[-1]), half, dtype=torch.float64)
+    by_log = torch.searchsorted(logs, targets).clamp_max(n - 1).tolist()
+    return {0, n - 1, *by_index, *by_log}
 
 
 def seed_runs(runs: dict, index: int = 0) -> dict[int, dict]:
