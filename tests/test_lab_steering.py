@@ -229,6 +229,42 @@ def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin, monkey
     assert grad_modes and not any(grad_modes)
 
 
+def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
+    """concept_ids: every value is the change in -log P(next token in the concept), by hand here; the
+    co-firing control is scored the same way; clean_ce (a CE) cannot be mixed in."""
+    from sae_minimal.lm.activations import run_to_hook
+    from sae_minimal.lm.steering import ablation_effect, clean_token_ce
+
+    model, tokens = standin
+    sae = sm.TopKSAE(256, 512, k=8).eval()
+    concept = torch.tensor([5, 17, 42])
+    with torch.no_grad():
+        acts = run_to_hook(model, tokens, HOOK)
+        f = sae.encode(acts)
+        latent = int(f[:, 1:-1].gt(0).flatten(0, 1).sum(0).argmax())
+        f = f[..., latent].clone()
+        f[:, 0] = f[:, -1] = 0
+        fires = f[:, :-1] > 0
+
+        def concept_loss(logits):
+            return -logits[:, :-1].log_softmax(-1)[..., concept].logsumexp(-1)
+
+        clean = concept_loss(model(tokens))
+        hook = (HOOK, lambda act, hook: act - f[..., None] * sae.W_dec[latent])
+        want = (concept_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - clean)[fires]
+        effect = ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept, cofiring=True)
+        plain = ablation_effect(model, sae, HOOK, tokens, latent)
+    assert want.abs().max() > 1e-3
+    torch.testing.assert_close(effect["ablation"], want, atol=1e-4, rtol=1e-4)
+    assert set(effect) == {"ablation", "control", "co-firing", "activation"}
+    assert not torch.allclose(effect["ablation"], plain["ablation"]), "a concept loss is not the CE"
+    with pytest.raises(ValueError, match="leave clean_ce out"):
+        ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept,
+                        clean_ce=clean_token_ce(model, tokens))
+    with pytest.raises(ValueError, match="concept_ids"):
+        ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=torch.tensor([10**7]))
+
+
 # --- the lab -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):

@@ -328,7 +328,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32,
                     controls: dict[str, Tensor] | None = None,
-                    cofiring: bool = False) -> dict[str, Tensor]:
+                    cofiring: bool = False, concept_ids: Tensor | None = None) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
 
@@ -344,11 +344,24 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
     each position another latent that fires there, the one whose f_j·||d_j|| is closest to
     f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the ablation.
+
+    ``concept_ids`` [c] (token ids) asks what a label claims rather than what the loss says: every
+    value is then the change in the concept loss -log P(next token ∈ concept_ids) at t instead of
+    the CE of the actual token t+1; positive when the edit makes the concept less likely. (Its
+    clean value is computed here: ``clean_ce`` holds the other score.)
     """
     sae = as_sae(sae)
     latent = check_latent(latent, sae.d_sae)
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
+    if concept_ids is not None:
+        concept_ids = torch.as_tensor(concept_ids).reshape(-1)
+        check_token_ids(concept_ids.reshape(1, -1), model.cfg.d_vocab_out, name="concept_ids")
+        if clean_ce is not None:
+            raise ValueError("clean_ce holds the clean next-token CE, but with concept_ids every "
+                             "value is a change in the concept loss: leave clean_ce out (the clean "
+                             "concept loss is computed here).")
+    score = partial(_concept_loss, concept_ids=concept_ids) if concept_ids is not None else per_token_ce
     norm = float(sae.W_dec[latent].norm())
     moves = {"ablation": sae.W_dec[latent],
              "control": random_direction(sae.d_in, seed=seed + latent, norm=norm).to(sae.W_dec.device)}
@@ -382,17 +395,24 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         # running them alone with a hook); both edited passes go on from there
         x = run_to_hook(model, batch, hook_name)
         clean = (clean_ce[i:i + batch_size][rows] if clean_ce is not None
-                 else per_token_ce(run_from_hook(model, x, hook_name, batch), batch))
+                 else score(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
         deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
         if cofiring:
             deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)
         for key, delta in deltas.items():
             edited = _shift(x, delta=delta)
-            ce = per_token_ce(run_from_hook(model, edited, hook_name, batch), batch)
+            ce = score(run_from_hook(model, edited, hook_name, batch), batch)
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
+
+
+def _concept_loss(logits: Tensor, tokens: Tensor, *, concept_ids: Tensor) -> Tensor:
+    """logits [n, pos, vocab] -> [n, pos-1]: -log P(next token ∈ concept_ids) at each position
+    (``tokens`` is unused: the score does not depend on which token came)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    return -logp[..., concept_ids.to(logp.device)].logsumexp(-1)
 
 
 def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
