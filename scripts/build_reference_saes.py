@@ -106,9 +106,13 @@ CHECKPOINT, CHECKPOINT_EVERY = "training_checkpoint.pt", 600   # seconds between
 # JumpReLU's 256M pair (CPU, 2026-11-28) then had FVU 0.0%, dead 0.10% -> 0.10% / 0.05% and CE loss
 # recovered flat, but MMCS 0.712 -> 0.726, +2.0005%. The rule says under 2%, so it gets 512M: the
 # rule was set before the runs, and loosening it after seeing one miss it would make it no test.
+# The 8192-wide Matryoshka (one seed, CPU, 64M -> 128M, 2026-11-29): FVU -0.85%, but its dead fraction
+# fell 1.83% -> 1.53%, 0.31 points (25 of 8192 latents; if each latent fired at its held-out rate, the
+# count of latents silent on 135k tokens would vary by about 8), so it gets 256M as well.
 TOKENS = {name: 128_000_000 for name in ("l1-2048", "topk-k16-2048",
-                                         "topk-k16-512", "topk-k16-8192", "matryoshka-k16-8192")}
+                                         "topk-k16-512", "topk-k16-8192")}
 TOKENS["matryoshka-k16-2048"] = TOKENS["batchtopk-k16-2048"] = 256_000_000
+TOKENS["matryoshka-k16-8192"] = 256_000_000   # its 128M run missed the dead clause: 0.31 points
 TOKENS["jumprelu-2048"] = 512_000_000   # its 256M pair missed the MMCS clause: +2.0005%
 
 
