@@ -200,6 +200,10 @@ def test_ablation_effect_equals_a_hand_made_ablation_and_control(standin, monkey
         more = ablation_effect(model, sae, HOOK, tokens, latent, controls={"other latent": 2 * other})
     torch.testing.assert_close(more["other latent"], by_hand(other * (d.norm() / other.norm())), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(more["ablation"], effect["ablation"])
+    with torch.no_grad():   # match_norm=False: moved along at the length given
+        as_given = ablation_effect(model, sae, HOOK, tokens, latent, controls={"other latent": 2 * other},
+                                   match_norm=False)
+    torch.testing.assert_close(as_given["other latent"], by_hand(2 * other), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="nonzero"):
         ablation_effect(model, sae, HOOK, tokens, latent, controls={"bad": torch.zeros(256)})
     # the co-firing control: at each firing position, another latent firing there whose f_j·||d_j|| is closest to

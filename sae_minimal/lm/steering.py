@@ -328,7 +328,8 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32,
                     controls: dict[str, Tensor] | None = None,
-                    cofiring: bool = False, concept_ids: Tensor | None = None) -> dict[str, Tensor]:
+                    cofiring: bool = False, concept_ids: Tensor | None = None,
+                    match_norm: bool = True) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
 
@@ -337,8 +338,9 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     changes. Returns per firing position: "ablation" and "control" [m] =
     CE(predicting token t+1) - clean CE, and "activation" [m] = f_i. ``clean_ce`` [n, pos-1] can be
     passed in to reuse the clean pass across latents. ``controls``: more control directions
-    {name: [d_in]}, each rescaled to ||d_i|| and moved along like the random one, returned under
-    its name: a random direction mostly points where the data has little variance, so another
+    {name: [d_in]}, each rescaled to ||d_i|| (``match_norm=False``: used at the length given, e.g.
+    matched to the latent's direct logit effect instead) and moved along like the random one,
+    returned under its name: a random direction mostly points where the data has little variance, so another
     latent's decoder row (a direction the model does use) is the harder control. But moving along
     another latent's row where that latent does not fire gives it a negative coefficient, an edit
     the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
@@ -372,7 +374,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         if v.shape != (sae.d_in,) or not bool(v.norm() > 0):
             raise ValueError(f"controls[{name!r}] must be a nonzero [d_in] = [{sae.d_in}] direction, "
                              f"got shape {tuple(v.shape)}.")
-        moves[name] = v * (norm / v.norm())
+        moves[name] = v * (norm / v.norm()) if match_norm else v
     if clean_ce is not None:
         clean_ce = clean_ce.to(tokens.device)
         if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
