@@ -340,10 +340,10 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     passed in to reuse the clean pass across latents. ``controls``: more control directions
     {name: [d_in]}, each rescaled to ||d_i|| (``match_norm=False``: used at the length given, e.g.
     matched to the latent's direct logit effect instead) and moved along like the random one,
-    returned under its name: a random direction mostly points where the data has little variance, so another
-    latent's decoder row (a direction the model does use) is the harder control. But moving along
-    another latent's row where that latent does not fire gives it a negative coefficient, an edit
-    the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
+    returned under its name: a random direction mostly points where the data has little
+    variance, so another latent's decoder row (a direction the model does use) is the harder
+    control. But moving along another latent's row where that latent does not fire gives it a
+    negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
     each position another latent that fires there, the one whose f_j·||d_j|| is closest to
     f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the ablation.
 
