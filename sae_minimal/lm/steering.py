@@ -343,9 +343,10 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     returned under its name: a random direction mostly points where the data has little
     variance, so another latent's decoder row (a direction the model does use) is the harder
     control. But moving along another latent's row where that latent does not fire gives it a
-    negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m], an on-distribution control: at
-    each position another latent that fires there, the one whose f_j·||d_j|| is closest to
-    f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the ablation.
+    negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m],
+    an on-distribution control: at each position another latent that fires there, the one whose
+    f_j·||d_j|| is closest to f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the
+    ablation.
 
     ``concept_ids`` [c] (token ids) asks what a label claims rather than what the loss says: every
     value is then the change in the concept loss -log P(next token ∈ concept_ids) at t instead of
