@@ -156,10 +156,21 @@ def concept_logprob(model, tokens: Tensor, concept_ids: Tensor, *, hook_name: st
                     direction: Tensor | None = None, alpha: float = 0.0) -> Tensor:
     """[n] per sequence, the mean over positions of log P(next token ∈ concept_ids) while
     steering."""
+    concept_ids = _checked_concept(model, concept_ids)
+    logp = _next_token_logp(model, tokens, hook_name, direction, alpha)
+    return _concept_logp(logp, concept_ids).mean(-1)
+
+
+def _checked_concept(model, concept_ids) -> Tensor:
+    """``concept_ids`` as a tensor of token ids the model's vocabulary has (else a clear error)."""
     concept_ids = torch.as_tensor(concept_ids)
     check_token_ids(concept_ids.reshape(1, -1), model.cfg.d_vocab_out, name="concept_ids")
-    logp = _next_token_logp(model, tokens, hook_name, direction, alpha)
-    return logp[..., concept_ids.to(logp.device)].logsumexp(-1).mean(-1)
+    return concept_ids
+
+
+def _concept_logp(logp: Tensor, concept_ids: Tensor) -> Tensor:
+    """logp [..., vocab] next-token log-probabilities -> [...]: log P(next token ∈ concept_ids)."""
+    return logp[..., concept_ids.to(logp.device)].logsumexp(-1)
 
 
 def _next_token_logp(model, tokens: Tensor, hook_name, direction, alpha) -> Tensor:
@@ -358,8 +369,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     check_hook(model, hook_name)
     tokens = to_model_device(model, check_tokens(model, tokens))
     if concept_ids is not None:
-        concept_ids = torch.as_tensor(concept_ids).reshape(-1)
-        check_token_ids(concept_ids.reshape(1, -1), model.cfg.d_vocab_out, name="concept_ids")
+        concept_ids = _checked_concept(model, concept_ids).reshape(-1)
         if clean_ce is not None:
             raise ValueError("clean_ce holds the clean next-token CE, but with concept_ids every "
                              "value is a change in the concept loss: leave clean_ce out (the clean "
@@ -414,8 +424,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
 def _concept_loss(logits: Tensor, tokens: Tensor, *, concept_ids: Tensor) -> Tensor:
     """logits [n, pos, vocab] -> [n, pos-1]: -log P(next token ∈ concept_ids) at each position
     (``tokens`` is unused: the score does not depend on which token came)."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    return -logp[..., concept_ids.to(logp.device)].logsumexp(-1)
+    return -_concept_logp(logits[:, :-1].float().log_softmax(-1), concept_ids)
 
 
 def _shift(act: Tensor, hook=None, *, delta: Tensor) -> Tensor:
