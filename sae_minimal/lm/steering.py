@@ -297,16 +297,22 @@ def unembedding_direction(model, ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def direct_logit_effect(model, direction: Tensor, ids: Tensor) -> float:
+def direct_logit_effect(model, direction: Tensor, ids: Tensor) -> float | Tensor:
     """How much adding ``direction`` [d_model] raises the concept tokens' logits on the direct path
     (d W_U), averaged over ``ids``, minus its average over the vocabulary (softmax ignores a
     shift shared by every logit). The final LayerNorm's scaling is ignored, so compare directions
-    with it, do not read it as nats."""
+    with it, do not read it as nats. Several directions [n, d_model] (e.g. every decoder row)
+    give a [n] tensor, one effect each."""
     ids = torch.as_tensor(ids)
     check_token_ids(ids.reshape(1, -1), model.cfg.d_vocab_out, name="ids")
     W_U = model.W_U.detach().float()
-    effect = direction.detach().float().to(W_U.device) @ W_U              # [vocab]
-    return float(effect[ids.to(W_U.device)].mean() - effect.mean())
+    direction = torch.as_tensor(direction)
+    if direction.ndim not in (1, 2) or direction.shape[-1] != W_U.shape[0]:
+        raise ValueError(f"direction must be [d_model] or [n, d_model] with d_model = {W_U.shape[0]}, "
+                         f"got shape {tuple(direction.shape)}.")
+    effect = direction.detach().float().to(W_U.device) @ W_U              # [(n,) vocab]
+    effect = effect[..., ids.to(W_U.device)].mean(-1) - effect.mean(-1)
+    return float(effect) if direction.ndim == 1 else effect
 
 
 def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
@@ -319,27 +325,32 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 
 @torch.no_grad()
-def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int) -> Tensor:
-    """[b, pos, d_in]: at every position where ``f`` (latent's activation, [b, pos]) is > 0, f_j·d_j
-    of the other firing latent j whose contribution's norm f_j·||d_j|| is closest to f_i·||d_i||
-    (zero where latent fires alone or not at all)."""
+def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int,
+                   score: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
+    fires there: the one whose contribution's norm f_j·||d_j|| is closest to f_i·||d_i||, or, given
+    ``score`` [d_sae], the one with the largest f_j·score_j. Returns (f_j·d_j [b, pos, d_in],
+    j [b, pos]); both are zero / -1 where latent fires alone or not at all."""
     acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
-    norms = sae.W_dec.norm(dim=-1).to(x.device)                          # [d_sae]
-    size = acts * norms                                                   # f_j·||d_j||
-    gap = (size - (f * norms[latent])[..., None]).abs()
-    gap[acts <= 0] = float("inf")                                         # only latents that fire
-    gap[..., latent] = float("inf")                                       # and not the latent itself
-    best, j = gap.min(-1)                                                 # [b, pos]
+    if score is None:
+        norms = sae.W_dec.norm(dim=-1).to(x.device)                      # [d_sae]
+        cost = (acts * norms - (f * norms[latent])[..., None]).abs()     # size gap, smallest wins
+    else:
+        cost = -acts * score.to(x.device, acts.dtype)                    # largest f_j·score_j wins
+    cost[acts <= 0] = float("inf")                                        # only latents that fire
+    cost[..., latent] = float("inf")                                      # and not the latent itself
+    best, j = cost.min(-1)                                                # [b, pos]
     ok = (f > 0) & torch.isfinite(best)
     coef = acts.gather(-1, j[..., None]).squeeze(-1) * ok                 # [b, pos]
-    return coef[..., None] * sae.W_dec[j].to(x.device, x.dtype)
+    return coef[..., None] * sae.W_dec[j].to(x.device, x.dtype), torch.where(ok, j, -1)
 
 
 @torch.no_grad()
 def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, seed: int = 0,
                     clean_ce: Tensor | None = None, batch_size: int = 32,
                     controls: dict[str, Tensor] | None = None,
-                    cofiring: bool = False, concept_ids: Tensor | None = None,
+                    cofiring: bool = False, cofiring_score: Tensor | None = None,
+                    concept_ids: Tensor | None = None,
                     match_norm: bool = True) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
@@ -357,7 +368,12 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m],
     an on-distribution control: at each position another latent that fires there, the one whose
     f_j·||d_j|| is closest to f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the
-    ablation.
+    ablation. ``cofiring_score`` [d_sae] adds a co-firing control chosen for what it does rather
+    than its size: "scored co-firing" [m], at each position the other firing latent with the
+    largest f_j·score_j removed whole, and "scored co-firing latent" [m] (its index; -1 where the
+    latent fires alone). With score = each row's direct logit effect on a concept
+    (``direct_logit_effect(model, sae.W_dec, ids)``) it is the co-firing latent that pushes the
+    concept hardest: is the latent special for its concept, or is any latent that writes it?
 
     ``concept_ids`` [c] (token ids) asks what a label claims rather than what the loss says: every
     value is then the change in the concept loss -log P(next token ∈ concept_ids) at t instead of
@@ -386,13 +402,21 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
             raise ValueError(f"controls[{name!r}] must be a nonzero [d_in] = [{sae.d_in}] direction, "
                              f"got shape {tuple(v.shape)}.")
         moves[name] = v * (norm / v.norm()) if match_norm else v
+    if cofiring_score is not None:
+        cofiring_score = torch.as_tensor(cofiring_score)
+        if cofiring_score.shape != (sae.d_sae,) or not cofiring_score.is_floating_point():
+            raise ValueError(f"cofiring_score must be a float [d_sae] = [{sae.d_sae}] score per latent "
+                             f"(e.g. direct_logit_effect(model, sae.W_dec, ids)), got "
+                             f"{cofiring_score.dtype} of shape {tuple(cofiring_score.shape)}.")
     if clean_ce is not None:
         clean_ce = clean_ce.to(tokens.device)
         if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
             raise ValueError(f"clean_ce has shape {tuple(clean_ce.shape)}, but these tokens need "
                              f"[{tokens.shape[0]}, {tokens.shape[1] - 1}]: pass "
                              "clean_token_ce(model, tokens) of the same tokens.")
-    out = {**{key: [] for key in moves}, **({"co-firing": []} if cofiring else {}), "activation": []}
+    extra = ((["co-firing"] if cofiring else [])
+             + (["scored co-firing", "scored co-firing latent"] if cofiring_score is not None else []))
+    out = {**{key: [] for key in moves}, **{key: [] for key in extra}, "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
         x = run_to_hook(model, batch, hook_name)                              # [b, pos, d_in]
@@ -412,7 +436,11 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         fires = f[:, :-1] > 0
         deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
         if cofiring:
-            deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)
+            deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)[0]
+        if cofiring_score is not None:
+            part, j = _cofiring_part(sae, x, f, latent, cofiring_score)
+            deltas["scored co-firing"] = -part
+            out["scored co-firing latent"].append(j[:, :-1][fires])
         for key, delta in deltas.items():
             edited = _shift(x, delta=delta)
             ce = score(run_from_hook(model, edited, hook_name, batch), batch)
