@@ -262,30 +262,39 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
     torch.testing.assert_close(effect["ablation"], want, atol=1e-4, rtol=1e-4)
     assert set(effect) == {"ablation", "control", "co-firing", "activation"}
     assert not torch.allclose(effect["ablation"], plain["ablation"]), "a concept loss is not the CE"
-    # the scored co-firing control: at each firing position, the other firing latent with the largest f_j·score_j
-    # (here each row's direct logit effect on the concept), removed whole; made by hand from the full encoding
+    # the scored co-firing control: at each firing position, the other firing latent whose f_j·score_j (here each
+    # row's direct logit effect on the concept) is closest to the latent's f_i·score_i, or the largest, removed
+    # whole; made by hand from the full encoding
     from sae_minimal.lm.steering import direct_logit_effect
     score = direct_logit_effect(model, sae.W_dec, concept)                          # [d_sae]
     assert score.shape == (512,)
     assert float(score[latent]) == pytest.approx(direct_logit_effect(model, sae.W_dec[latent], concept), rel=1e-5)
-    with torch.no_grad():
-        codes = sae.encode(acts)
-        part, chosen = torch.zeros_like(acts), torch.full(f.shape, -1)
-        for b, t in (f > 0).nonzero().tolist():
-            others = [j for j in codes[b, t].nonzero().squeeze(1).tolist() if j != latent]
-            if others:
-                j = max(others, key=lambda j: float(codes[b, t, j] * score[j]))
-                part[b, t], chosen[b, t] = codes[b, t, j] * sae.W_dec[j], j
-        hook = (HOOK, lambda act, hook: act - part)
-        want = (concept_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - clean)[fires]
-        scored = ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept, cofiring_score=score)
-    assert set(scored) == {"ablation", "control", "scored co-firing", "scored co-firing latent", "activation"}
-    torch.testing.assert_close(scored["scored co-firing"], want, atol=1e-4, rtol=1e-4)
-    assert torch.equal(scored["scored co-firing latent"], chosen[:, :-1][fires])
-    assert not torch.equal(scored["scored co-firing latent"],
-                           ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=-score)["scored co-firing latent"])
+    codes = sae.encode(acts).detach()
+    for pick in ("closest", "largest"):
+        def key(b, t, j):
+            value = float(codes[b, t, j] * score[j])
+            return -value if pick == "largest" else abs(value - float(f[b, t] * score[latent]))
+        with torch.no_grad():
+            part, chosen = torch.zeros_like(acts), torch.full(f.shape, -1)
+            for b, t in (f > 0).nonzero().tolist():
+                others = [j for j in codes[b, t].nonzero().squeeze(1).tolist() if j != latent]
+                if others:
+                    j = min(others, key=lambda j: key(b, t, j))
+                    part[b, t], chosen[b, t] = codes[b, t, j] * sae.W_dec[j], j
+            hook = (HOOK, lambda act, hook: act - part)
+            want = (concept_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - clean)[fires]
+            scored = ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept, cofiring_score=score,
+                                     cofiring_pick=pick)
+        assert set(scored) == {"ablation", "control", "scored co-firing", "scored co-firing latent", "activation"}
+        torch.testing.assert_close(scored["scored co-firing"], want, atol=1e-4, rtol=1e-4)
+        assert torch.equal(scored["scored co-firing latent"], chosen[:, :-1][fires]), pick
+        if pick == "closest":
+            first = scored["scored co-firing latent"]
+    assert not torch.equal(first, scored["scored co-firing latent"]), "closest and largest picked the same latents"
     with pytest.raises(ValueError, match="cofiring_score must be a float"):
         ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=score[:10])
+    with pytest.raises(ValueError, match="cofiring_pick"):
+        ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=score, cofiring_pick="nearest")
     with pytest.raises(ValueError, match="leave clean_ce out"):
         ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept,
                         clean_ce=clean_token_ce(model, tokens))

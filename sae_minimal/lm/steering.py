@@ -325,18 +325,18 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 
 @torch.no_grad()
-def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int,
-                   score: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None = None,
+                   pick: str = "closest") -> tuple[Tensor, Tensor]:
     """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
-    fires there: the one whose contribution's norm f_j·||d_j|| is closest to f_i·||d_i||, or, given
-    ``score`` [d_sae], the one with the largest f_j·score_j. Returns (f_j·d_j [b, pos, d_in],
-    j [b, pos]); both are zero / -1 where latent fires alone or not at all."""
+    fires there, by its f_j·score_j (score [d_sae]; default ||d_j||, the contribution's norm): the
+    one closest to the latent's own f_i·score_i (``pick="closest"``) or the largest
+    (``"largest"``). Returns (f_j·d_j [b, pos, d_in], j [b, pos]); zero / -1 where the latent
+    fires alone or not at all."""
     acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
-    if score is None:
-        norms = sae.W_dec.norm(dim=-1).to(x.device)                      # [d_sae]
-        cost = (acts * norms - (f * norms[latent])[..., None]).abs()     # size gap, smallest wins
-    else:
-        cost = -acts * score.to(x.device, acts.dtype)                    # largest f_j·score_j wins
+    score = (sae.W_dec.norm(dim=-1) if score is None else score).to(x.device, acts.dtype)
+    value = acts * score                                                  # f_j·score_j
+    cost = (-value if pick == "largest"                                   # smallest cost wins
+            else (value - (f * score[latent])[..., None]).abs())
     cost[acts <= 0] = float("inf")                                        # only latents that fire
     cost[..., latent] = float("inf")                                      # and not the latent itself
     best, j = cost.min(-1)                                                # [b, pos]
@@ -350,7 +350,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
                     clean_ce: Tensor | None = None, batch_size: int = 32,
                     controls: dict[str, Tensor] | None = None,
                     cofiring: bool = False, cofiring_score: Tensor | None = None,
-                    concept_ids: Tensor | None = None,
+                    cofiring_pick: str = "closest", concept_ids: Tensor | None = None,
                     match_norm: bool = True) -> dict[str, Tensor]:
     """Loss change from removing latent ``latent`` vs. a matched-norm random direction, on the
     tokens where it fires.
@@ -368,12 +368,14 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m],
     an on-distribution control: at each position another latent that fires there, the one whose
     f_j·||d_j|| is closest to f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the
-    ablation. ``cofiring_score`` [d_sae] adds a co-firing control chosen for what it does rather
-    than its size: "scored co-firing" [m], at each position the other firing latent with the
-    largest f_j·score_j removed whole, and "scored co-firing latent" [m] (its index; -1 where the
-    latent fires alone). With score = each row's direct logit effect on a concept
-    (``direct_logit_effect(model, sae.W_dec, ids)``) it is the co-firing latent that pushes the
-    concept hardest: is the latent special for its concept, or is any latent that writes it?
+    ablation. ``cofiring_score`` [d_sae] adds a co-firing control matched on something other than
+    size: "scored co-firing" [m], at each position the other firing latent whose f_j·score_j is
+    closest to the latent's f_i·score_i (``cofiring_pick="largest"``: the largest f_j·score_j),
+    removed whole, and "scored co-firing latent" [m] (which one; -1 where the latent fires alone).
+    With score = each row's direct logit effect on a concept
+    (``direct_logit_effect(model, sae.W_dec, ids)``) it is a co-firing latent that pushes the
+    concept as hard as the latent does (or the hardest): is the latent special for its concept, or
+    is any active latent that writes it?
 
     ``concept_ids`` [c] (token ids) asks what a label claims rather than what the loss says: every
     value is then the change in the concept loss -log P(next token ∈ concept_ids) at t instead of
@@ -408,6 +410,9 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
             raise ValueError(f"cofiring_score must be a float [d_sae] = [{sae.d_sae}] score per latent "
                              f"(e.g. direct_logit_effect(model, sae.W_dec, ids)), got "
                              f"{cofiring_score.dtype} of shape {tuple(cofiring_score.shape)}.")
+    if cofiring_pick not in ("closest", "largest"):
+        raise ValueError(f"cofiring_pick must be 'closest' (f_j·score_j nearest the latent's) or "
+                         f"'largest', got {cofiring_pick!r}.")
     if clean_ce is not None:
         clean_ce = clean_ce.to(tokens.device)
         if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
@@ -438,7 +443,7 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         if cofiring:
             deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)[0]
         if cofiring_score is not None:
-            part, j = _cofiring_part(sae, x, f, latent, cofiring_score)
+            part, j = _cofiring_part(sae, x, f, latent, cofiring_score, cofiring_pick)
             deltas["scored co-firing"] = -part
             out["scored co-firing latent"].append(j[:, :-1][fires])
         for key, delta in deltas.items():
