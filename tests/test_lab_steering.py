@@ -260,7 +260,7 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
         plain = ablation_effect(model, sae, HOOK, tokens, latent)
     assert want.abs().max() > 1e-3
     torch.testing.assert_close(effect["ablation"], want, atol=1e-4, rtol=1e-4)
-    assert set(effect) == {"ablation", "control", "co-firing", "activation"}
+    assert set(effect) == {"ablation", "control", "co-firing", "co-firing latent", "co-firing coefficient", "activation"}
     assert not torch.allclose(effect["ablation"], plain["ablation"]), "a concept loss is not the CE"
     # the scored co-firing control: at each firing position, the other firing latent whose f_j·score_j (here each
     # row's direct logit effect on the concept) is closest to the latent's f_i·score_i, or the largest, removed
@@ -270,27 +270,41 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
     assert score.shape == (512,)
     assert float(score[latent]) == pytest.approx(direct_logit_effect(model, sae.W_dec[latent], concept), rel=1e-5)
     codes = sae.encode(acts).detach()
-    for pick in ("closest", "largest"):
+    chosen_by = {}
+    for pick in ("closest", "largest", "scaled"):
         def key(b, t, j):
             value = float(codes[b, t, j] * score[j])
-            return -value if pick == "largest" else abs(value - float(f[b, t] * score[latent]))
+            return abs(value - float(f[b, t] * score[latent])) if pick == "closest" else -value
         with torch.no_grad():
-            part, chosen = torch.zeros_like(acts), torch.full(f.shape, -1)
+            part, chosen, coef = torch.zeros_like(acts), torch.full(f.shape, -1), torch.zeros(f.shape)
             for b, t in (f > 0).nonzero().tolist():
                 others = [j for j in codes[b, t].nonzero().squeeze(1).tolist() if j != latent]
                 if others:
                     j = min(others, key=lambda j: key(b, t, j))
-                    part[b, t], chosen[b, t] = codes[b, t, j] * sae.W_dec[j], j
+                    c = float(codes[b, t, j])
+                    own, top = float(f[b, t] * score[latent]), c * float(score[j])
+                    if pick == "scaled" and top > own:      # only the latent's own push of it
+                        c *= own / top
+                    part[b, t], chosen[b, t], coef[b, t] = c * sae.W_dec[j], j, c
             hook = (HOOK, lambda act, hook: act - part)
             want = (concept_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - clean)[fires]
             scored = ablation_effect(model, sae, HOOK, tokens, latent, concept_ids=concept, cofiring_score=score,
                                      cofiring_pick=pick)
-        assert set(scored) == {"ablation", "control", "scored co-firing", "scored co-firing latent", "activation"}
+        assert set(scored) == {"ablation", "control", "scored co-firing", "scored co-firing latent",
+                               "scored co-firing coefficient", "activation"}
         torch.testing.assert_close(scored["scored co-firing"], want, atol=1e-4, rtol=1e-4)
         assert torch.equal(scored["scored co-firing latent"], chosen[:, :-1][fires]), pick
-        if pick == "closest":
-            first = scored["scored co-firing latent"]
-    assert not torch.equal(first, scored["scored co-firing latent"]), "closest and largest picked the same latents"
+        torch.testing.assert_close(scored["scored co-firing coefficient"], coef[:, :-1][fires], atol=1e-5, rtol=1e-5)
+        chosen_by[pick] = scored
+    assert not torch.equal(chosen_by["closest"]["scored co-firing latent"], chosen_by["largest"]["scored co-firing latent"])
+    largest, scaled = chosen_by["largest"], chosen_by["scaled"]
+    assert torch.equal(largest["scored co-firing latent"], scaled["scored co-firing latent"])
+    assert (scaled["scored co-firing coefficient"] < largest["scored co-firing coefficient"] - 1e-6).any()
+    # where the latent outscores every co-firing latent, "scaled" removes the strongest one whole
+    big = score.clone()
+    big[latent] = 1e6
+    whole = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=big, cofiring_pick="scaled")
+    torch.testing.assert_close(whole["scored co-firing coefficient"], largest["scored co-firing coefficient"])
     with pytest.raises(ValueError, match="cofiring_score must be a float"):
         ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=score[:10])
     with pytest.raises(ValueError, match="cofiring_pick"):

@@ -326,23 +326,28 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 @torch.no_grad()
 def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None = None,
-                   pick: str = "closest") -> tuple[Tensor, Tensor]:
+                   pick: str = "closest") -> tuple[Tensor, Tensor, Tensor]:
     """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
     fires there, by its f_j·score_j (score [d_sae]; default ||d_j||, the contribution's norm): the
-    one closest to the latent's own f_i·score_i (``pick="closest"``) or the largest
-    (``"largest"``). Returns (f_j·d_j [b, pos, d_in], j [b, pos]); zero / -1 where the latent
-    fires alone or not at all."""
+    one closest to the latent's own f_i·score_i (``pick="closest"``), the largest (``"largest"``),
+    or the largest taken only in part (``"scaled"``: c = f_j·min(1, f_i·score_i / f_j·score_j), so
+    that c·score_j equals the latent's f_i·score_i wherever f_j·score_j is at least that).
+    Returns (c·d_j [b, pos, d_in], j [b, pos], c [b, pos]), c = f_j unless scaled; zero / -1 / 0
+    where the latent fires alone or not at all."""
     acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
     score = (sae.W_dec.norm(dim=-1) if score is None else score).to(x.device, acts.dtype)
     value = acts * score                                                  # f_j·score_j
-    cost = (-value if pick == "largest"                                   # smallest cost wins
-            else (value - (f * score[latent])[..., None]).abs())
+    own = f * score[latent]                                               # f_i·score_i [b, pos]
+    cost = -value if pick in ("largest", "scaled") else (value - own[..., None]).abs()
     cost[acts <= 0] = float("inf")                                        # only latents that fire
     cost[..., latent] = float("inf")                                      # and not the latent itself
-    best, j = cost.min(-1)                                                # [b, pos]
+    best, j = cost.min(-1)                                                # [b, pos] smallest cost wins
     ok = (f > 0) & torch.isfinite(best)
-    coef = acts.gather(-1, j[..., None]).squeeze(-1) * ok                 # [b, pos]
-    return coef[..., None] * sae.W_dec[j].to(x.device, x.dtype), torch.where(ok, j, -1)
+    coef = acts.gather(-1, j[..., None]).squeeze(-1) * ok                 # [b, pos] f_j
+    if pick == "scaled":                                                  # remove only the latent's push
+        top = value.gather(-1, j[..., None]).squeeze(-1)
+        coef = coef * torch.where(top > own, own / top.clamp_min(1e-12), 1.0)
+    return (coef[..., None] * sae.W_dec[j].to(x.device, x.dtype), torch.where(ok, j, -1), coef)
 
 
 @torch.no_grad()
@@ -368,14 +373,17 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     negative coefficient, an edit the model never sees; ``cofiring=True`` adds "co-firing" [m],
     an on-distribution control: at each position another latent that fires there, the one whose
     f_j·||d_j|| is closest to f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the
-    ablation. ``cofiring_score`` [d_sae] adds a co-firing control matched on something other than
-    size: "scored co-firing" [m], at each position the other firing latent whose f_j·score_j is
-    closest to the latent's f_i·score_i (``cofiring_pick="largest"``: the largest f_j·score_j),
-    removed whole, and "scored co-firing latent" [m] (which one; -1 where the latent fires alone).
-    With score = each row's direct logit effect on a concept
-    (``direct_logit_effect(model, sae.W_dec, ids)``) it is a co-firing latent that pushes the
-    concept as hard as the latent does (or the hardest): is the latent special for its concept, or
-    is any active latent that writes it?
+    ablation; "co-firing latent" [m] says which (-1 where the latent fires alone) and "co-firing
+    coefficient" [m] how much of it was removed (f_j). ``cofiring_score`` [d_sae] adds a co-firing
+    control matched on something other than size, "scored co-firing" (with its "... latent" and
+    "... coefficient"): at each position the other firing latent whose f_j·score_j is closest to
+    the latent's f_i·score_i, removed whole; ``cofiring_pick="largest"``: the one with the largest
+    f_j·score_j, removed whole; ``"scaled"``: that one, but only the part c·d_j whose c·score_j
+    equals f_i·score_i (all of it where it scores less). With score = each row's direct logit
+    effect on a concept (``direct_logit_effect(model, sae.W_dec, ids)``) these are a co-firing
+    latent that pushes the concept about as hard as the latent, the one that pushes hardest, and
+    that one cut down to the latent's push: is the latent special for its concept, or is any
+    active latent that writes it?
 
     ``concept_ids`` [c] (token ids) asks what a label claims rather than what the loss says: every
     value is then the change in the concept loss -log P(next token ∈ concept_ids) at t instead of
@@ -410,17 +418,18 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
             raise ValueError(f"cofiring_score must be a float [d_sae] = [{sae.d_sae}] score per latent "
                              f"(e.g. direct_logit_effect(model, sae.W_dec, ids)), got "
                              f"{cofiring_score.dtype} of shape {tuple(cofiring_score.shape)}.")
-    if cofiring_pick not in ("closest", "largest"):
-        raise ValueError(f"cofiring_pick must be 'closest' (f_j·score_j nearest the latent's) or "
-                         f"'largest', got {cofiring_pick!r}.")
+    if cofiring_pick not in ("closest", "largest", "scaled"):
+        raise ValueError(f"cofiring_pick must be 'closest' (f_j·score_j nearest the latent's), "
+                         f"'largest' or 'scaled' (the largest, cut to the latent's f_i·score_i), "
+                         f"got {cofiring_pick!r}.")
     if clean_ce is not None:
         clean_ce = clean_ce.to(tokens.device)
         if clean_ce.shape != (tokens.shape[0], tokens.shape[1] - 1):
             raise ValueError(f"clean_ce has shape {tuple(clean_ce.shape)}, but these tokens need "
                              f"[{tokens.shape[0]}, {tokens.shape[1] - 1}]: pass "
                              "clean_token_ce(model, tokens) of the same tokens.")
-    extra = ((["co-firing"] if cofiring else [])
-             + (["scored co-firing", "scored co-firing latent"] if cofiring_score is not None else []))
+    picked = (["co-firing"] if cofiring else []) + (["scored co-firing"] if cofiring_score is not None else [])
+    extra = [f"{key}{part}" for key in picked for part in ("", " latent", " coefficient")]
     out = {**{key: [] for key in moves}, **{key: [] for key in extra}, "activation": []}
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size]
@@ -440,12 +449,12 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
                  else score(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
         deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
-        if cofiring:
-            deltas["co-firing"] = -_cofiring_part(sae, x, f, latent)[0]
-        if cofiring_score is not None:
-            part, j = _cofiring_part(sae, x, f, latent, cofiring_score, cofiring_pick)
-            deltas["scored co-firing"] = -part
-            out["scored co-firing latent"].append(j[:, :-1][fires])
+        for key in picked:
+            part, j, coef = (_cofiring_part(sae, x, f, latent) if key == "co-firing" else
+                             _cofiring_part(sae, x, f, latent, cofiring_score, cofiring_pick))
+            deltas[key] = -part
+            out[f"{key} latent"].append(j[:, :-1][fires])
+            out[f"{key} coefficient"].append(coef[:, :-1][fires])
         for key, delta in deltas.items():
             edited = _shift(x, delta=delta)
             ce = score(run_from_hook(model, edited, hook_name, batch), batch)
