@@ -305,6 +305,24 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
     big[latent] = 1e6
     whole = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=big, cofiring_pick="scaled")
     torch.testing.assert_close(whole["scored co-firing coefficient"], largest["scored co-firing coefficient"])
+    # a score per position: the same per-latent score spread over positions picks the same latents, and a
+    # random one picks what the hand-made rule picks with it
+    spread = score.expand(*tokens.shape, -1).clone()
+    again = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=spread, cofiring_pick="scaled")
+    assert torch.equal(again["scored co-firing latent"], scaled["scored co-firing latent"])
+    torch.testing.assert_close(again["scored co-firing coefficient"], scaled["scored co-firing coefficient"])
+    per_position = torch.randn(*tokens.shape, 512, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        chosen = torch.full(f.shape, -1)
+        for b, t in (f > 0).nonzero().tolist():
+            others = [j for j in codes[b, t].nonzero().squeeze(1).tolist() if j != latent]
+            if others:
+                chosen[b, t] = min(others, key=lambda j: abs(float(codes[b, t, j] * per_position[b, t, j]
+                                                                  - f[b, t] * per_position[b, t, latent])))
+        by_position = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=per_position, batch_size=3)
+    assert torch.equal(by_position["scored co-firing latent"], chosen[:, :-1][fires])
+    with pytest.raises(ValueError, match="or per position"):
+        ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=per_position[:, 1:])
     with pytest.raises(ValueError, match="cofiring_score must be a float"):
         ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=score[:10])
     with pytest.raises(ValueError, match="cofiring_pick"):

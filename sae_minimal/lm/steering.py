@@ -328,7 +328,8 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None = None,
                    pick: str = "closest") -> tuple[Tensor, Tensor, Tensor]:
     """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
-    fires there, by its f_j·score_j (score [d_sae]; default ||d_j||, the contribution's norm): the
+    fires there, by its f_j·score_j (score [d_sae], or [b, pos, d_sae] one per position; default
+    ||d_j||, the contribution's norm): the
     one closest to the latent's own f_i·score_i (``pick="closest"``), the largest (``"largest"``),
     or the largest taken only in part (``"scaled"``: c = f_j·min(1, f_i·score_i / f_j·score_j), so
     that c·score_j equals the latent's f_i·score_i wherever f_j·score_j is at least that).
@@ -337,7 +338,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None 
     acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
     score = (sae.W_dec.norm(dim=-1) if score is None else score).to(x.device, acts.dtype)
     value = acts * score                                                  # f_j·score_j
-    own = f * score[latent]                                               # f_i·score_i [b, pos]
+    own = f * score[..., latent]                                          # f_i·score_i [b, pos]
     cost = -value if pick in ("largest", "scaled") else (value - own[..., None]).abs()
     cost[acts <= 0] = float("inf")                                        # only latents that fire
     cost[..., latent] = float("inf")                                      # and not the latent itself
@@ -374,7 +375,8 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
     an on-distribution control: at each position another latent that fires there, the one whose
     f_j·||d_j|| is closest to f_i·||d_i||, removed whole (-f_j·d_j), the same kind of edit as the
     ablation; "co-firing latent" [m] says which (-1 where the latent fires alone) and "co-firing
-    coefficient" [m] how much of it was removed (f_j). ``cofiring_score`` [d_sae] adds a co-firing
+    coefficient" [m] how much of it was removed (f_j). ``cofiring_score`` [d_sae] (or
+    [n, pos, d_sae]: a score per position of ``tokens``, e.g. a first-order effect) adds a co-firing
     control matched on something other than size, "scored co-firing" (with its "... latent" and
     "... coefficient"): at each position the other firing latent whose f_j·score_j is closest to
     the latent's f_i·score_i, removed whole; ``cofiring_pick="largest"``: the one with the largest
@@ -414,10 +416,13 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         moves[name] = v * (norm / v.norm()) if match_norm else v
     if cofiring_score is not None:
         cofiring_score = torch.as_tensor(cofiring_score)
-        if cofiring_score.shape != (sae.d_sae,) or not cofiring_score.is_floating_point():
-            raise ValueError(f"cofiring_score must be a float [d_sae] = [{sae.d_sae}] score per latent "
-                             f"(e.g. direct_logit_effect(model, sae.W_dec, ids)), got "
-                             f"{cofiring_score.dtype} of shape {tuple(cofiring_score.shape)}.")
+        per_position = (*tokens.shape, sae.d_sae)
+        if (cofiring_score.shape not in ((sae.d_sae,), per_position)
+                or not cofiring_score.is_floating_point()):
+            raise ValueError(f"cofiring_score must be a float score per latent, [d_sae] = [{sae.d_sae}] "
+                             "(e.g. direct_logit_effect(model, sae.W_dec, ids)), or per position of "
+                             f"tokens, {list(per_position)}; got {cofiring_score.dtype} of shape "
+                             f"{tuple(cofiring_score.shape)}.")
     if cofiring_pick not in ("closest", "largest", "scaled"):
         raise ValueError(f"cofiring_pick must be 'closest' (f_j·score_j nearest the latent's), "
                          f"'largest' or 'scaled' (the largest, cut to the latent's f_i·score_i), "
@@ -451,7 +456,8 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
         deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
         for key in picked:
             part, j, coef = (_cofiring_part(sae, x, f, latent) if key == "co-firing" else
-                             _cofiring_part(sae, x, f, latent, cofiring_score, cofiring_pick))
+                             _cofiring_part(sae, x, f, latent, _rows_of(cofiring_score, i, batch_size, rows),
+                                            cofiring_pick))
             deltas[key] = -part
             out[f"{key} latent"].append(j[:, :-1][fires])
             out[f"{key} coefficient"].append(coef[:, :-1][fires])
@@ -461,6 +467,12 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
             out[key].append((ce - clean)[fires])
         out["activation"].append(f[:, :-1][fires])
     return {k: torch.cat(v) if v else torch.empty(0) for k, v in out.items()}
+
+
+def _rows_of(score: Tensor, start: int, batch_size: int, rows: Tensor) -> Tensor:
+    """A per-latent score [d_sae] as it is; a per-position one [n, pos, d_sae] cut to this batch's
+    rows that fire."""
+    return score if score.ndim == 1 else score[start:start + batch_size][rows.to(score.device)]
 
 
 def _concept_loss(logits: Tensor, tokens: Tensor, *, concept_ids: Tensor) -> Tensor:
