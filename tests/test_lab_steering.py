@@ -269,6 +269,7 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
     score = direct_logit_effect(model, sae.W_dec, concept)                          # [d_sae]
     assert score.shape == (512,)
     assert float(score[latent]) == pytest.approx(direct_logit_effect(model, sae.W_dec[latent], concept), rel=1e-5)
+    score = score * torch.sign(score[latent])      # the latent's own score positive, as for a concept's writer
     codes = sae.encode(acts).detach()
     chosen_by = {}
     for pick in ("closest", "largest", "scaled"):
@@ -283,8 +284,8 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
                     j = min(others, key=lambda j: key(b, t, j))
                     c = float(codes[b, t, j])
                     own, top = float(f[b, t] * score[latent]), c * float(score[j])
-                    if pick == "scaled" and top > own:      # only the latent's own push of it
-                        c *= own / top
+                    if pick == "scaled" and top > 0:        # only the latent's own push of it
+                        c *= min(max(own / top, 0.0), 1.0)
                     part[b, t], chosen[b, t], coef[b, t] = c * sae.W_dec[j], j, c
             hook = (HOOK, lambda act, hook: act - part)
             want = (concept_loss(model.run_with_hooks(tokens, fwd_hooks=[hook])) - clean)[fires]
@@ -299,12 +300,19 @@ def test_ablation_effect_on_a_concept_equals_a_hand_made_concept_loss(standin):
     assert not torch.equal(chosen_by["closest"]["scored co-firing latent"], chosen_by["largest"]["scored co-firing latent"])
     largest, scaled = chosen_by["largest"], chosen_by["scaled"]
     assert torch.equal(largest["scored co-firing latent"], scaled["scored co-firing latent"])
-    assert (scaled["scored co-firing coefficient"] < largest["scored co-firing coefficient"] - 1e-6).any()
+    cut = scaled["scored co-firing coefficient"] / largest["scored co-firing coefficient"]
+    assert ((cut > 0.01) & (cut < 0.99)).any(), "some positions should be cut down part of the way"
     # where the latent outscores every co-firing latent, "scaled" removes the strongest one whole
     big = score.clone()
     big[latent] = 1e6
     whole = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=big, cofiring_pick="scaled")
     torch.testing.assert_close(whole["scored co-firing coefficient"], largest["scored co-firing coefficient"])
+    # where the latent's own score is negative, a "scaled" match removes nothing (never a negative amount)
+    negative = score.clone()
+    negative[latent] = -abs(float(score[latent])) - 1.0
+    none = ablation_effect(model, sae, HOOK, tokens, latent, cofiring_score=negative, cofiring_pick="scaled")
+    kept = none["scored co-firing latent"] >= 0
+    assert kept.any() and (none["scored co-firing coefficient"][kept] == 0).all()
     # a score per position: the same per-latent score spread over positions picks the same latents, and a
     # random one picks what the hand-made rule picks with it
     spread = score.expand(*tokens.shape, -1).clone()

@@ -329,12 +329,12 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None 
                    pick: str = "closest") -> tuple[Tensor, Tensor, Tensor]:
     """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
     fires there, by its f_j·score_j (score [d_sae], or [b, pos, d_sae] one per position; default
-    ||d_j||, the contribution's norm): the
-    one closest to the latent's own f_i·score_i (``pick="closest"``), the largest (``"largest"``),
-    or the largest taken only in part (``"scaled"``: c = f_j·min(1, f_i·score_i / f_j·score_j), so
-    that c·score_j equals the latent's f_i·score_i wherever f_j·score_j is at least that).
-    Returns (c·d_j [b, pos, d_in], j [b, pos], c [b, pos]), c = f_j unless scaled; zero / -1 / 0
-    where the latent fires alone or not at all."""
+    ||d_j||, the contribution's norm): the one closest to the latent's own f_i·score_i
+    (``pick="closest"``), the largest (``"largest"``), or the largest taken only in part
+    (``"scaled"``: c = f_j·clamp(f_i·score_i / f_j·score_j, 0, 1), so that c·score_j equals the
+    latent's f_i·score_i wherever f_j·score_j is at least that; nothing where the latent's own is
+    not positive). Returns (c·d_j [b, pos, d_in], j [b, pos], c [b, pos]), c = f_j unless scaled;
+    zero / -1 / 0 where the latent fires alone or not at all."""
     acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
     score = (sae.W_dec.norm(dim=-1) if score is None else score).to(x.device, acts.dtype)
     value = acts * score                                                  # f_j·score_j
@@ -347,7 +347,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None 
     coef = acts.gather(-1, j[..., None]).squeeze(-1) * ok                 # [b, pos] f_j
     if pick == "scaled":                                                  # remove only the latent's push
         top = value.gather(-1, j[..., None]).squeeze(-1)
-        coef = coef * torch.where(top > own, own / top.clamp_min(1e-12), 1.0)
+        coef = coef * torch.where(top > 0, (own / top.clamp_min(1e-12)).clamp(0, 1), 1.0)
     return (coef[..., None] * sae.W_dec[j].to(x.device, x.dtype), torch.where(ok, j, -1), coef)
 
 
