@@ -31,8 +31,9 @@
 # the 128M runs of the 2048- and 512-wide TopK, BatchTopK and L1 likely fit one command (JumpReLU
 # at 2048 latents trained 333k tokens/s beside 6 others: 128M in 384 s); JumpReLU and
 # Matryoshka-2048 at 256M, BatchTopK-2048 at 256M (its T since 2026-11-28), JumpReLU's 512M and
-# Matryoshka-8192 at 256M (its T since 2026-11-29) do not. What is still to train on 2026-11-29:
-# ONLY="matryoshka-k16-8192 matryoshka-k16-2048 batchtopk-k16-2048 jumprelu-2048" (7 runs).
+# Matryoshka-8192 at 256M (its T since 2026-11-29) and Matryoshka-2048's 512M (its T since session
+# 26, 2026-11-29) do not. What is still to train on 2026-11-29 (session 26):
+# ONLY="matryoshka-k16-8192 matryoshka-k16-2048 batchtopk-k16-2048 jumprelu-2048" (8 runs).
 # JOBS, TOKENS (one T for all), RUNGS, DEADLINE (seconds), ONLY and DEVICE choose.
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
