@@ -325,9 +325,10 @@ def ablate_latent(x: Tensor, sae, latent: int) -> Tensor:
 
 
 @torch.no_grad()
-def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None = None,
+def _cofiring_part(sae, acts: Tensor, f: Tensor, latent: int, score: Tensor | None = None,
                    pick: str = "closest") -> tuple[Tensor, Tensor, Tensor]:
-    """At every position where ``f`` (latent's activation, [b, pos]) is > 0, another latent j that
+    """Given the SAE's codes ``acts`` [b, pos, d_sae]: at every position where ``f`` (latent's
+    activation, [b, pos]) is > 0, another latent j that
     fires there, by its f_j·score_j (score [d_sae], or [b, pos, d_sae] one per position; default
     ||d_j||, the contribution's norm): the one closest to the latent's own f_i·score_i
     (``pick="closest"``), the largest (``"largest"``), or the largest taken only in part
@@ -335,8 +336,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None 
     latent's f_i·score_i wherever f_j·score_j is at least that; nothing where the latent's own is
     not positive). Returns (c·d_j [b, pos, d_in], j [b, pos], c [b, pos]), c = f_j unless scaled;
     zero / -1 / 0 where the latent fires alone or not at all."""
-    acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)              # [b, pos, d_sae]
-    score = (sae.W_dec.norm(dim=-1) if score is None else score).to(x.device, acts.dtype)
+    score = (sae.W_dec.norm(dim=-1) if score is None else score).to(acts.device, acts.dtype)
     value = acts * score                                                  # f_j·score_j
     own = f * score[..., latent]                                          # f_i·score_i [b, pos]
     cost = -value if pick in ("largest", "scaled") else (value - own[..., None]).abs()
@@ -348,7 +348,7 @@ def _cofiring_part(sae, x: Tensor, f: Tensor, latent: int, score: Tensor | None 
     if pick == "scaled":                                                  # remove only the latent's push
         top = value.gather(-1, j[..., None]).squeeze(-1)
         coef = coef * torch.where(top > 0, (own / top.clamp_min(1e-12)).clamp(0, 1), 1.0)
-    return (coef[..., None] * sae.W_dec[j].to(x.device, x.dtype), torch.where(ok, j, -1), coef)
+    return (coef[..., None] * sae.W_dec[j].to(acts.device, acts.dtype), torch.where(ok, j, -1), coef)
 
 
 @torch.no_grad()
@@ -454,9 +454,11 @@ def ablation_effect(model, sae, hook_name: str, tokens: Tensor, latent: int, *, 
                  else score(run_from_hook(model, x, hook_name, batch), batch))
         fires = f[:, :-1] > 0
         deltas = {key: -f[..., None] * vec.to(f.device, f.dtype) for key, vec in moves.items()}
+        if picked:          # the codes of these rows, once for every co-firing control
+            acts = sae.encode(x.to(sae.W_dec.device)).to(x.device)          # [b, pos, d_sae]
         for key in picked:
-            part, j, coef = (_cofiring_part(sae, x, f, latent) if key == "co-firing" else
-                             _cofiring_part(sae, x, f, latent, _rows_of(cofiring_score, i, batch_size, rows),
+            part, j, coef = (_cofiring_part(sae, acts, f, latent) if key == "co-firing" else
+                             _cofiring_part(sae, acts, f, latent, _rows_of(cofiring_score, i, batch_size, rows),
                                             cofiring_pick))
             deltas[key] = -part
             out[f"{key} latent"].append(j[:, :-1][fires])
