@@ -37,6 +37,13 @@ machine replaced between sittings loses only its unfinished runs' checkpoints. `
 takes budgets below T that the card's ladders already hold from there (``take_from_ladders``):
 the verdict needs T/2's metrics, not a second training of it.
 
+``--ship-trained`` trains nothing and ships each reference at the largest budget up to its T that
+both its seeds finished in ``--work`` (``trained_budgets``), with the verdict from half that
+budget where it is on record; the card's table says which references ship below their T. It was
+written when the project's CPU machines were replaced between sessions (2026-11-28 and -29): a
+run longer than one session (about 3 hours) then never finishes, and the four references whose T
+grew past that ship below it until a GPU lease (``scripts/gpu_build_references.sh``) trains T.
+
 ``--plain-model`` computes the activations with ``scripts/standin_plain.py`` (plain PyTorch, no
 transformer-lens, equal to the HookedTransformer to ~1e-5) for machines without transformer-lens;
 then run ``--finalize`` where transformer-lens is installed, to stamp the card with the model's
@@ -222,6 +229,18 @@ def _run_safely(name: str, index: int, n_tokens: int):
         return name, index, n_tokens, None, f"{type(e).__name__}: {e}"
 
 
+def trained_budgets(work: Path, name: str, top: int) -> list[int]:
+    """[S/2, S]: S the largest budget up to ``top``, halving down, at which every seed of ``name``
+    has finished with its weights in ``work`` ([] if none has). What ``--ship-trained`` ships."""
+    n = top
+    while n >= 1_000_000:
+        if all((run_dir(work, name, n, i) / "cfg.json").exists()
+               for i in range(len(RECIPES[name][2]))):
+            return [n // 2, n]
+        n //= 2
+    return []
+
+
 def take_from_ladders(work: Path, card_json: Path, budgets: dict[str, list[int]]) -> list[str]:
     """Every run below a reference's T that the card's ladders already hold (the same recipe and
     seeds, trained by an earlier build: e.g. the CPU ladder's 64M TopK pair) goes into ``work`` as
@@ -265,9 +284,12 @@ def add_mmcs(work: Path, name: str, n_tokens: int) -> None:
     path.write_text(json.dumps(metrics))
 
 
-def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dict) -> None:
+def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dict,
+               targets: dict[str, int] | None = None) -> None:
     """Card and shipped folders: each reference in ``budgets`` (name -> its budgets, ascending) at
-    the largest budget both its seeds finished (its verdict needs half that budget finished too)."""
+    the largest budget both its seeds finished (its verdict needs half that budget finished too).
+    ``targets`` (name -> T): a reference shipped below its T gets ``target_tokens``, which the
+    card's table prints beside its verdict."""
     card = json.loads((out / CARD_JSON).read_text()) if (out / CARD_JSON).exists() else {}
     card.update(header)
     card.pop("tokens_note", None)    # an older build's one T for all (each reference has its own)
@@ -293,6 +315,8 @@ def write_card(work: Path, out: Path, budgets: dict[str, list[int]], header: dic
                  "runs": runs}
         if top // 2 in done:
             entry["converged"] = convergence(runs[f"{top // 2}/seed0"], runs[f"{top}/seed0"])
+        if targets and top < targets.get(name, top):    # --ship-trained, below T: the card says so
+            entry["target_tokens"] = targets[name]
         if saes.get(name) == entry:      # called after every run: copy only what changed
             continue
         retire_runs(card, name, saes.get(name), entry, header["hardware"])
@@ -469,6 +493,9 @@ def main() -> None:
     ap.add_argument("--ladder-hardware", default="CPU", help="the ladder's label (e.g. H100)")
     ap.add_argument("--ladder-curves", action="store_true", help="keep the runs' training curves")
     ap.add_argument("--overwrite", action="store_true", help="replace existing references")
+    ap.add_argument("--ship-trained", action="store_true", help="train nothing: ship each "
+                    "reference at the largest budget up to its T that all its seeds finished "
+                    "(trained_budgets); one shipped below T says so on the card")
     ap.add_argument("--from-ladders", action="store_true", help="take budgets below T that the "
                     "card's ladders hold from there instead of training them (take_from_ladders)")
     args = ap.parse_args()
@@ -489,6 +516,12 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     budgets = {name: [(args.tokens or TOKENS[name]) >> r for r in reversed(range(args.rungs))]
                for name in names}
+    targets = None
+    if args.ship_trained:
+        targets = {name: budgets[name][-1] for name in names}
+        budgets = {name: trained_budgets(work, name, budgets[name][-1]) for name in names}
+        budgets = {name: ns for name, ns in budgets.items() if ns}
+        names = list(budgets)
     header = prepare(work, args.device, args.plain_model)
     header["jobs"] = args.jobs
     if args.from_ladders:
@@ -496,7 +529,8 @@ def main() -> None:
             print(line, flush=True)
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
     todo = sorted(((name, i, n) for name in names for n in budgets[name]
-                   for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None),
+                   for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None
+                   and not args.ship_trained),
                   key=lambda run: (run[2], -RECIPES[run[0]][1]["d_sae"]))
     plan = ", ".join(f"{name} {'/'.join(f'{n / 1e6:g}M' for n in budgets[name])}" for name in names)
     print(f"{len(todo)} runs to train ({plan}), {args.jobs} at a time", flush=True)
@@ -528,7 +562,7 @@ def main() -> None:
                       f"l0 {metrics['l0']:.1f}  dead {metrics['dead']:.2%}  "
                       f"ce_rec {metrics['ce_recovered']:.4f}", flush=True)
                 try:
-                    write_card(work, out, budgets, header)
+                    write_card(work, out, budgets, header, targets)
                 except Exception:  # noqa: BLE001 -- the runs go on; the last call retries
                     traceback.print_exc()
             if args.deadline is not None and time.perf_counter() - t_start > args.deadline:
@@ -538,7 +572,7 @@ def main() -> None:
     finally:
         pool.terminate()
         pool.join()
-        write_card(work, out, budgets, header)
+        write_card(work, out, budgets, header, targets)
     print(f"done in {time.perf_counter() - t_start:.0f} s", flush=True)
 
 

@@ -93,8 +93,12 @@ def test_every_shipped_reference_loads_offline_and_matches_its_card():
 
 @shipped
 def test_the_cards_convergence_verdicts_follow_from_its_numbers():
-    """The card may say "not converged"; it may not say "converged" where its numbers do not."""
+    """The card may say "not converged"; it may not say "converged" where its numbers do not. A
+    reference without a verdict (its T/2 run is not on record) ships below its T and says so."""
     for name, entry in refs.reference_card()["saes"].items():
+        if "converged" not in entry:
+            assert entry["target_tokens"] > entry["tokens"], name
+            continue
         half = entry["runs"][f"{entry['tokens'] // 2}/seed0"]
         full = entry["runs"][f"{entry['tokens']}/seed0"]
         assert refs.convergence(half, full) == entry["converged"], name
@@ -222,6 +226,37 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
             (build.run_dir(tmp_path / "work", name, 2000, i) / f).unlink()
     build.write_card(tmp_path / "work", tmp_path / "out2", {name: [1000, 2000, 4000]}, header)
     assert name not in json.loads((tmp_path / "out2" / refs.CARD_JSON).read_text())["saes"]
+
+
+def test_ship_trained_takes_the_largest_budget_every_seed_finished_and_the_card_says_below_t(
+        tmp_path):
+    """--ship-trained (a T too long for the machines at hand): trained_budgets finds the largest
+    budget up to T at which both seeds have weights, and the card names the T not reached."""
+    build = _script("build_reference_saes")
+    name, work = "topk-k16-2048", tmp_path / "work"
+    metrics = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+               "seconds": 1.0}
+    runs = {(2_000_000, 0): 0.2, (2_000_000, 1): 0.2, (4_000_000, 0): 0.15, (4_000_000, 1): 0.15,
+            (8_000_000, 0): 0.14}                       # 8M: only seed 0 finished
+    for (n, i), fvu in runs.items():
+        folder = build.run_dir(work, name, n, i)
+        sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder, hook_name=refs.HOOK)
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu}))
+        torch.save(torch.ones(32), folder / "density.pt")
+    assert build.trained_budgets(work, name, 16_000_000) == [2_000_000, 4_000_000]
+    assert build.trained_budgets(work, name, 2_000_000) == [1_000_000, 2_000_000]
+    assert build.trained_budgets(work, "l1-2048", 16_000_000) == []
+    build.write_card(work, tmp_path / "out", {name: [2_000_000, 4_000_000]}, _build_header(),
+                     {name: 16_000_000})
+    entry = json.loads((tmp_path / "out" / refs.CARD_JSON).read_text())["saes"][name]
+    assert entry["tokens"] == 4_000_000 and entry["target_tokens"] == 16_000_000
+    assert not entry["converged"]["ok"]                 # FVU -25% from 2M
+    row = next(r for r in (tmp_path / "out" / "REFERENCE_CARD.md").read_text().splitlines()
+               if r.startswith(f"| {name} ") and "4,000,000" in r)
+    assert "**no** (FVU 25.0%" in row and "below its T of 16,000,000 tokens" in row
+    build.write_card(work, tmp_path / "out2", {name: [2_000_000, 4_000_000]}, _build_header())
+    assert "target_tokens" not in json.loads((tmp_path / "out2" / refs.CARD_JSON).read_text())[
+        "saes"][name]                                   # at its T: nothing to say
 
 
 def test_import_ladder_replaces_a_ladder_in_its_place(tmp_path):

@@ -270,6 +270,9 @@ def card_markdown(card: dict) -> str:
             verdict = ("yes" if c["ok"] else "**no**") + (
                 f" (FVU {c['fvu']:.1%}, dead {c['dead_points']:.2f} pt"
                 + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
+            if tokens == entry["tokens"] and "target_tokens" in entry:
+                verdict += ((" " if verdict else "") + f"shipped below its T of "
+                            f"{entry['target_tokens']:,} tokens, not trained yet")
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
             lines.append(f"| {name} | {settings if final else ''} | "
                          f"{tokens:,} | {run['seconds']:.0f}{_where(card, run)} | "
