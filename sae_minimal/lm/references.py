@@ -265,12 +265,12 @@ def card_markdown(card: dict) -> str:
         for tokens, run in seed_runs(entry["runs"]).items():
             if tokens > entry["tokens"]:
                 continue
-            final = tokens == entry["tokens"] and "converged" in entry
+            final = tokens == entry["tokens"]           # the shipped run: settings and verdict
             c = entry.get("converged")
             verdict = ("yes" if c["ok"] else "**no**") + (
                 f" (FVU {c['fvu']:.1%}, dead {c['dead_points']:.2f} pt"
-                + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final else ""
-            if tokens == entry["tokens"] and "target_tokens" in entry:
+                + (f", MMCS {c['mmcs']:.1%}" if "mmcs" in c else "") + ")") if final and c else ""
+            if final and "target_tokens" in entry:
                 verdict += ((" " if verdict else "") + f"shipped below its T of "
                             f"{entry['target_tokens']:,} tokens, not trained yet")
             mmcs = f"{run['mmcs']:.3f}" if "mmcs" in run else ""
