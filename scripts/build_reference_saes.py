@@ -528,10 +528,10 @@ def main() -> None:
         for line in take_from_ladders(work, REFERENCE_DIR / CARD_JSON, budgets):  # shipped card
             print(line, flush=True)
     # smallest budgets first (every reference gets a verdict early), widest SAEs first within one
-    todo = sorted(((name, i, n) for name in names for n in budgets[name]
-                   for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None
-                   and not args.ship_trained),
-                  key=lambda run: (run[2], -RECIPES[run[0]][1]["d_sae"]))
+    todo = [] if args.ship_trained else sorted(
+        ((name, i, n) for name in names for n in budgets[name]
+         for i in range(len(RECIPES[name][2])) if finished(work, name, n, i) is None),
+        key=lambda run: (run[2], -RECIPES[run[0]][1]["d_sae"]))
     plan = ", ".join(f"{name} {'/'.join(f'{n / 1e6:g}M' for n in budgets[name])}" for name in names)
     print(f"{len(todo)} runs to train ({plan}), {args.jobs} at a time", flush=True)
     # a `timeout` (SIGTERM) still stops the workers and ships what is done

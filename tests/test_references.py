@@ -191,6 +191,19 @@ def _build_header():
             "held_out_activations": 100}
 
 
+RUN_METRICS = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
+               "seconds": 1.0}
+
+
+def _fake_run(build, work, name: str, n_tokens: int, index: int, **metrics) -> None:
+    """One finished run in a build's work folder: a small SAE of the recipe's class, its
+    metrics.json (RUN_METRICS updated by ``metrics``) and every latent alive."""
+    folder = build.run_dir(work, name, n_tokens, index)
+    sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=index), folder, hook_name=refs.HOOK)
+    (folder / "metrics.json").write_text(json.dumps({**RUN_METRICS, **metrics}))
+    torch.save(torch.ones(32), folder / "density.pt")
+
+
 def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_path):
     """scripts/build_reference_saes.py: every recipe has its T (a recipe added without one would
     stop a full build at its start), and write_card ships each reference at the largest budget
@@ -199,18 +212,12 @@ def test_the_build_has_a_budget_for_every_recipe_and_ships_what_it_verdicts(tmp_
     assert set(build.TOKENS) == set(refs.RECIPES)
     assert all(t % 2 == 0 for t in build.TOKENS.values())
     name, seeds = "topk-k16-2048", refs.RECIPES["topk-k16-2048"][2]     # two seeds
-    metrics = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
-               "seconds": 1.0}
     header = _build_header()
     for n, fvu in ((1000, 0.2), (2000, 0.199), (4000, 0.15)):   # 4000: only seed 0 finished
         for i in (range(len(seeds)) if n < 4000 else (0,)):
-            folder = build.run_dir(tmp_path / "work", name, n, i)
-            sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder,
-                        hook_name=refs.HOOK)
             # the half budget trained on a GPU lease, the rest here: each run keeps its machine
             where = {"hardware": "NVIDIA H100"} if n == 1000 else {}
-            (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu, **where}))
-            torch.save(torch.ones(32), folder / "density.pt")       # every latent alive
+            _fake_run(build, tmp_path / "work", name, n, i, fvu=fvu, **where)
     out = tmp_path / "out"
     build.write_card(tmp_path / "work", out, {name: [1000, 2000, 4000]}, header)
     entry = json.loads((out / refs.CARD_JSON).read_text())["saes"][name]
@@ -234,15 +241,10 @@ def test_ship_trained_takes_the_largest_budget_every_seed_finished_and_the_card_
     budget up to T at which both seeds have weights, and the card names the T not reached."""
     build = _script("build_reference_saes")
     name, work = "topk-k16-2048", tmp_path / "work"
-    metrics = {"fvu": 0.2, "l0": 16.0, "dead": 0.0, "dense": 0.0, "ce_recovered": 0.9, "kl": 0.1,
-               "seconds": 1.0}
     runs = {(2_000_000, 0): 0.2, (2_000_000, 1): 0.2, (4_000_000, 0): 0.15, (4_000_000, 1): 0.15,
             (8_000_000, 0): 0.14}                       # 8M: only seed 0 finished
     for (n, i), fvu in runs.items():
-        folder = build.run_dir(work, name, n, i)
-        sm.save_sae(refs.RECIPES[name][0](8, d_sae=32, k=4, seed=i), folder, hook_name=refs.HOOK)
-        (folder / "metrics.json").write_text(json.dumps({**metrics, "fvu": fvu}))
-        torch.save(torch.ones(32), folder / "density.pt")
+        _fake_run(build, work, name, n, i, fvu=fvu)
     assert build.trained_budgets(work, name, 16_000_000) == [2_000_000, 4_000_000]
     assert build.trained_budgets(work, name, 2_000_000) == [1_000_000, 2_000_000]
     assert build.trained_budgets(work, "l1-2048", 16_000_000) == []
